@@ -1,0 +1,1 @@
+//! `bootc image pull|list`.

@@ -1,0 +1,17 @@
+//! Image references, transports, the containers configuration files, and
+//! fetching images into the store.
+//!
+//! Modules:
+//! - [`imgref`]: parsing `bootc`-style image references and transports.
+//! - [`registries`]: `registries.conf` (mirrors, insecure registries).
+//! - [`auth`]: locating `auth.json` the way containers and upstream bootc do.
+//! - [`policy`]: `policy.json` evaluation (does this pull need enforcement?).
+//! - [`progress`]: progress events (`progress-v0`) and their renderers.
+//! - [`pull`]: the pull flow: skopeo proxy or `skopeo copy` + OCI layout import.
+
+pub mod auth;
+pub mod imgref;
+pub mod policy;
+pub mod progress;
+pub mod pull;
+pub mod registries;

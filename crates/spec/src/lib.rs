@@ -1,0 +1,1 @@
+//! The host state that `bootc status` serialises (`org.containers.bootc/v1`).

@@ -1,0 +1,1 @@
+//! Our face over the composefs repository.

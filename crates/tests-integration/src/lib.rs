@@ -1,0 +1,1 @@
+//! Root-only integration tests: a real registry, podman-built images, loop devices.
