@@ -1,6 +1,149 @@
-//! Command-line types and dispatch.
+//! Command-line types and dispatch. The only module that knows about clap.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// Transactional, in-place operating system updates using OCI container images.
+#[derive(Debug, Parser)]
+#[command(name = "bootc", version, about)]
+pub struct Cli {
+    /// Act on the root filesystem mounted at PATH instead of the running
+    /// system (for example a mounted disk image). The image store lives in
+    /// PATH/composefs and is created by the first pull.
+    #[arg(long, global = true, value_name = "PATH", default_value = "/")]
+    pub sysroot: PathBuf,
+
+    /// The verb.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The verbs.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Operations on the images in the store.
+    #[command(subcommand)]
+    Image(ImageCommand),
+}
+
+/// `bootc image ...`
+#[derive(Debug, Subcommand)]
+pub enum ImageCommand {
+    /// Fetch an image into the store without deploying it (pre-seeding).
+    Pull(PullArgs),
+    /// List the images in the store.
+    List(ListArgs),
+    /// Remove an image's name from the store; its content is freed by `gc`.
+    #[command(alias = "rm")]
+    Remove {
+        /// The image reference, as shown by `bootc image list`.
+        image: String,
+    },
+    /// Delete store content no longer referenced by any image name.
+    Gc,
+    /// Check the integrity of every object, stream and image in the store.
+    Fsck(FsckArgs),
+}
+
+/// Output formats of listings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ListFormat {
+    /// A table for people.
+    Table,
+    /// JSON for tools.
+    Json,
+}
+
+/// Arguments of `bootc image pull`.
+#[derive(Debug, clap::Args)]
+pub struct PullArgs {
+    /// The image reference: `[TRANSPORT:]NAME`, where TRANSPORT is one of
+    /// registry (default; also `docker://`), oci, oci-archive, containers-storage.
+    pub imgref: String,
+
+    /// The transport of IMGREF when it carries no prefix.
+    #[arg(long, value_name = "TRANSPORT")]
+    pub transport: Option<String>,
+
+    /// Refuse to pull when the signature policy (policy.json) accepts
+    /// anything for this image.
+    #[arg(long)]
+    pub enforce_container_sigpolicy: bool,
+
+    /// Write progress as JSON lines (progress-v0) to this file descriptor.
+    #[arg(long, value_name = "FD")]
+    pub progress_fd: Option<u32>,
+
+    /// Print nothing but errors.
+    #[arg(long, short)]
+    pub quiet: bool,
+
+    /// How to print the result.
+    #[arg(long, value_enum, default_value = "table")]
+    pub format: ListFormat,
+}
+
+/// Arguments of `bootc image list`.
+#[derive(Debug, clap::Args)]
+pub struct ListArgs {
+    /// Output format.
+    #[arg(long, value_enum, default_value = "table")]
+    pub format: ListFormat,
+}
+
+/// Arguments of `bootc image fsck`.
+#[derive(Debug, clap::Args)]
+pub struct FsckArgs {
+    /// Output format.
+    #[arg(long, value_enum, default_value = "table")]
+    pub format: ListFormat,
+}
 
 /// Parse `args` and run the chosen verb.
-pub fn run_from_args(_args: impl IntoIterator<Item = std::ffi::OsString>) -> anyhow::Result<()> {
-    Ok(())
+pub fn run_from_args(args: impl IntoIterator<Item = OsString>) -> Result<()> {
+    let cli = Cli::parse_from(args);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(run(cli))
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Image(cmd) => crate::image::run(&cli.sysroot, cmd).await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn parses_pull_with_globals() {
+        let cli = Cli::try_parse_from([
+            "bootc",
+            "image",
+            "pull",
+            "--sysroot",
+            "/mnt",
+            "--quiet",
+            "oci:/x",
+        ])
+        .unwrap();
+        assert_eq!(cli.sysroot, PathBuf::from("/mnt"));
+        let Command::Image(ImageCommand::Pull(p)) = cli.command else {
+            panic!("not a pull")
+        };
+        assert!(p.quiet);
+        assert_eq!(p.imgref, "oci:/x");
+    }
 }

@@ -48,6 +48,9 @@ pub const REPO_DIR: &str = "composefs";
 /// Where bootc keeps its own state (lock, scratch), relative to the sysroot.
 pub const STATE_DIR: &str = "state";
 
+/// How composefs-oci names a layer's stream: this prefix and the diff_id.
+const LAYER_STREAM_PREFIX: &str = "oci-layer-";
+
 /// Whether objects in the store are protected by fs-verity.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -220,7 +223,7 @@ impl Store {
             };
             let img = OciImage::open(&self.repo, &digest, None)
                 .with_context(|| format!("Opening image {image} ({digest})"))?;
-            out.push(describe(&image, &img));
+            out.push(describe(&image, &img, self.repo.erofs_version()));
         }
         out.sort_by(|a, b| a.image.cmp(&b.image));
         Ok(out)
@@ -238,7 +241,26 @@ impl Store {
             Err(e) => return Err(e),
         };
         let img = OciImage::open(&self.repo, &digest, None)?;
-        Ok(Some(describe(image, &img)))
+        Ok(Some(describe(image, &img, self.repo.erofs_version())))
+    }
+
+    /// The diff_ids of every layer held in the store.
+    #[context("Listing stored layers")]
+    pub fn present_layers(&self) -> Result<std::collections::HashSet<String>> {
+        let streams = Self::repo_path(&self.sysroot).join("streams");
+        let mut out = std::collections::HashSet::new();
+        let rd = match std::fs::read_dir(&streams) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+            Err(e) => return Err(e).with_context(|| format!("Reading {}", streams.display())),
+        };
+        for entry in rd {
+            let name = entry?.file_name();
+            if let Some(diff_id) = name.to_str().and_then(|n| n.strip_prefix(LAYER_STREAM_PREFIX)) {
+                out.insert(diff_id.to_owned());
+            }
+        }
+        Ok(out)
     }
 
     /// Open a stored image by manifest digest.
@@ -292,7 +314,11 @@ fn mode_of(repo: &Repo) -> VerityMode {
     }
 }
 
-fn describe(image: &str, img: &OciImage<ObjectId>) -> StoredImage {
+fn describe(
+    image: &str,
+    img: &OciImage<ObjectId>,
+    version: composefs::erofs::format::FormatVersion,
+) -> StoredImage {
     StoredImage {
         image: image.to_owned(),
         manifest_digest: img.manifest_digest().to_string(),
@@ -303,7 +329,7 @@ fn describe(image: &str, img: &OciImage<ObjectId>) -> StoredImage {
             .label("org.opencontainers.image.version")
             .map(str::to_owned),
         layers: img.layer_descriptors().len(),
-        composefs_image: img.image_ref_v2().map(|id| {
+        composefs_image: img.image_ref(version).map(|id| {
             use composefs::fsverity::FsVerityHashValue;
             id.to_hex()
         }),

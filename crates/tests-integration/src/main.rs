@@ -1,0 +1,50 @@
+//! The root integration test binary (`cargo test -p bootc-tests-integration`).
+//!
+//! One registry serves every test and is stopped (by pid) when the run ends.
+//! Tests that need root are skipped with a message when not run as root.
+
+mod pull;
+
+use std::sync::Arc;
+
+use anyhow::Result;
+use bootc_tests_integration::{Bootc, Registry};
+use libtest_mimic::{Arguments, Trial};
+
+/// What every test gets.
+pub struct Ctx {
+    /// The shared registry.
+    pub registry: Registry,
+    /// The bootc under test, configured to trust the registry over HTTP.
+    pub bootc: Bootc,
+}
+
+type TestFn = fn(&Ctx) -> Result<()>;
+
+fn main() -> Result<()> {
+    let args = Arguments::from_args();
+    let root = rustix::process::geteuid().is_root();
+    let tests: Vec<(&str, TestFn)> = pull::TESTS.to_vec();
+    let ctx = if root && !args.list {
+        let registry = Registry::start()?;
+        let bootc = Bootc::new(&[&registry.addr])?;
+        Some(Arc::new(Ctx { registry, bootc }))
+    } else {
+        None
+    };
+    let trials = tests
+        .into_iter()
+        .map(|(name, f)| {
+            let ctx = ctx.clone();
+            Trial::test(name, move || match ctx {
+                Some(ctx) => f(&ctx).map_err(|e| format!("{e:#}").into()),
+                None => Err("these tests need root".into()),
+            })
+            .with_ignored_flag(!root)
+        })
+        .collect();
+    let conclusion = libtest_mimic::run(&args, trials);
+    // Stop the registry before exiting; exit() skips destructors.
+    drop(ctx);
+    conclusion.exit()
+}
