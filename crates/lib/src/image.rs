@@ -50,7 +50,9 @@ async fn pull(sysroot: &Path, args: PullArgs) -> Result<()> {
         enforce_sigpolicy: args.enforce_container_sigpolicy,
         authfile: bootc_oci::auth::find_authfile(Path::new("/"))?,
         progress: progress.clone(),
-        policy_path: policy_path(),
+        // No policy file at all is handled (and explained) by the pull.
+        policy_path: bootc_oci::policy::find_policy_path()
+            .unwrap_or_else(|_| bootc_oci::policy::DEFAULT_POLICY_PATH.into()),
         registries_conf: std::env::var_os("CONTAINERS_REGISTRIES_CONF").map(Into::into),
     };
     let outcome = bootc_oci::pull::pull(&store, &imgref, &opts).await;
@@ -79,13 +81,6 @@ async fn pull(sysroot: &Path, args: PullArgs) -> Result<()> {
     Ok(())
 }
 
-/// The signature policy: `$BOOTC_POLICY_JSON` (our addition, for tests and
-/// image factories), else containers' default `/etc/containers/policy.json`.
-fn policy_path() -> std::path::PathBuf {
-    std::env::var_os("BOOTC_POLICY_JSON")
-        .map(Into::into)
-        .unwrap_or_else(|| bootc_oci::pull::DEFAULT_POLICY_PATH.into())
-}
 
 fn open_existing(sysroot: &Path) -> Result<Option<Store>> {
     Store::open(sysroot)

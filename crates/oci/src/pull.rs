@@ -30,9 +30,6 @@ use containers_image_proxy::ImageProxyConfig;
 use crate::imgref::{ImageRef, Transport};
 use crate::policy::{self, PolicyDecision};
 
-/// The default location of the containers signature policy.
-pub const DEFAULT_POLICY_PATH: &str = "/etc/containers/policy.json";
-
 /// How a pull reached the store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -78,7 +75,7 @@ impl Default for PullOptions {
     fn default() -> Self {
         Self {
             enforce_sigpolicy: false,
-            policy_path: PathBuf::from(DEFAULT_POLICY_PATH),
+            policy_path: PathBuf::from(policy::DEFAULT_POLICY_PATH),
             authfile: None,
             registries_conf: None,
             progress: std::sync::Arc::new(composefs_oci::NullReporter),

@@ -62,8 +62,9 @@ impl Registry {
             .arg("serve")
             .arg(&config)
             .stdin(Stdio::null())
-            .stdout(fs::File::create(dir.path().join("stdout.log"))?)
-            .stderr(fs::File::create(&log)?)
+            // The access log goes to stdout, the rest to stderr: keep both.
+            .stdout(fs::File::create(&log)?)
+            .stderr(fs::OpenOptions::new().append(true).open(&log)?)
             .spawn()
             .context("Starting docker-registry (apt-get install docker-registry)")?;
         let reg = Registry {
@@ -231,7 +232,7 @@ impl Bootc {
     pub fn cmd(&self, sysroot: &Path) -> Command {
         let mut c = Command::new(&self.bin);
         c.env("CONTAINERS_REGISTRIES_CONF", self.registries_conf())
-            .env("BOOTC_POLICY_JSON", self.policy_json())
+            .env("CONTAINERS_POLICY_JSON", self.policy_json())
             .arg("--sysroot")
             .arg(sysroot)
             .stdin(Stdio::null());

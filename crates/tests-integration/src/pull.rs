@@ -174,7 +174,7 @@ fn pull_through_registries_conf_mirror(ctx: &Ctx) -> Result<()> {
     fs::write(
         &conf,
         format!(
-            "[[registry]]\nprefix = \"primary.example.invalid/os\"\nlocation = \"127.0.0.1:9\"\ninsecure = true\n\n[[registry.mirror]]\nlocation = \"{}/mirrored\"\ninsecure = true\n",
+            "[[registry]]\nprefix = \"primary.example.invalid/os\"\nlocation = \"127.0.0.1:9/os\"\ninsecure = true\n\n[[registry.mirror]]\nlocation = \"{}/mirrored\"\ninsecure = true\n",
             ctx.registry.addr
         ),
     )?;
@@ -215,7 +215,7 @@ fn policy_reject_imports_nothing(ctx: &Ctx) -> Result<()> {
     let out = ctx
         .bootc
         .cmd(sysroot.path())
-        .env("BOOTC_POLICY_JSON", &policy)
+        .env("CONTAINERS_POLICY_JSON", &policy)
         .args(["image", "pull", &registry_ref(ctx, "rejected:v1")])
         .stderr(Stdio::piped())
         .output()?;
@@ -246,7 +246,7 @@ fn policy_signed_by_goes_through_skopeo_copy(ctx: &Ctx) -> Result<()> {
     let out = ctx
         .bootc
         .cmd(sysroot.path())
-        .env("BOOTC_POLICY_JSON", &policy)
+        .env("CONTAINERS_POLICY_JSON", &policy)
         .args(["image", "pull", &registry_ref(ctx, "unsigned:v1")])
         .stderr(Stdio::piped())
         .output()?;
