@@ -27,6 +27,11 @@ pub enum Command {
     /// Operations on the images in the store.
     #[command(subcommand)]
     Image(ImageCommand),
+    /// Install the image to a disk or filesystem so that it boots.
+    #[command(subcommand)]
+    Install(crate::install::InstallCommand),
+    /// Show the state of the host: booted, staged and rollback deployments.
+    Status(crate::status::StatusArgs),
 }
 
 /// `bootc image ...`
@@ -114,6 +119,8 @@ pub fn run_from_args(args: impl IntoIterator<Item = OsString>) -> Result<()> {
 async fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Image(cmd) => crate::image::run(&cli.sysroot, cmd).await,
+        Command::Install(cmd) => crate::install::run(&cli.sysroot, cmd).await,
+        Command::Status(args) => crate::status::run(&cli.sysroot, args),
     }
 }
 

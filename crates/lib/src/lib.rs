@@ -1,8 +1,12 @@
 //! The verbs of `bootc`: command-line types and the flows behind them.
 //!
 //! - [`cli`]: clap types (the only place clap is used) and dispatch.
-//! - [`image`]: `bootc image pull|list`.
+//! - [`image`]: `bootc image pull|list|remove|gc|fsck`.
+//! - [`install`]: `bootc install to-disk|to-filesystem|to-existing-root|print-configuration`.
+//! - [`status`]: `bootc status`.
 
 pub mod cli;
 pub mod image;
+pub mod install;
+pub mod status;
 pub mod progress;

@@ -1,0 +1,1 @@
+//! `bootc install`: partitions, filesystems, the first deployment and its bootloader.

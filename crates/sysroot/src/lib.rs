@@ -1,0 +1,1 @@
+//! Deployments in a sysroot: their state directories, /etc and /var, and which one is booted.
