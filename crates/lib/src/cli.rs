@@ -47,6 +47,13 @@ pub enum ImageCommand {
         /// The image reference, as shown by `bootc image list`.
         image: String,
     },
+    /// Mount an image's composefs filesystem read-only at a directory (for inspection).
+    Mount {
+        /// The image reference, as shown by `bootc image list`.
+        image: String,
+        /// An existing directory.
+        target: PathBuf,
+    },
     /// Delete store content no longer referenced by any image name.
     Gc,
     /// Check the integrity of every object, stream and image in the store.

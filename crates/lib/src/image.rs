@@ -15,6 +15,7 @@ pub async fn run(sysroot: &Path, cmd: ImageCommand) -> Result<()> {
         ImageCommand::Pull(args) => pull(sysroot, args).await,
         ImageCommand::List(args) => list(sysroot, args),
         ImageCommand::Remove { image } => remove(sysroot, &image),
+        ImageCommand::Mount { image, target } => mount(sysroot, &image, &target),
         ImageCommand::Gc => gc(sysroot),
         ImageCommand::Fsck(args) => fsck(sysroot, args).await,
     }
@@ -149,6 +150,20 @@ fn remove(sysroot: &Path, image: &str) -> Result<()> {
         bail!("No image named {image} in the store (see `bootc image list`)");
     }
     store.untag(image)
+}
+
+fn mount(sysroot: &Path, image: &str, target: &Path) -> Result<()> {
+    let Some(store) = open_existing(sysroot)? else {
+        bail!("No image store in {}", sysroot.display());
+    };
+    let Some(img) = store.get(image)? else {
+        bail!("No image named {image} in the store (see `bootc image list`)");
+    };
+    let digest = img
+        .manifest_digest
+        .parse()
+        .with_context(|| format!("Parsing digest {}", img.manifest_digest))?;
+    store.mount_image(&digest, target)
 }
 
 fn gc(sysroot: &Path) -> Result<()> {
