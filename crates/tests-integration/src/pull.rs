@@ -27,6 +27,7 @@ pub const TESTS: &[(&str, TestFn)] = &[
     ("concurrent_pulls_wait_for_lock", concurrent_pulls_wait_for_lock),
     ("list_reports_insecure_store", list_reports_insecure_store),
     ("pull_example_bootable_image", pull_example_bootable_image),
+    ("pull_progress_fd_writes_json_lines", pull_progress_fd_writes_json_lines),
 ];
 
 /// Three layers of files big enough not to be inlined (composefs stores
@@ -493,4 +494,64 @@ fn pull_example_bootable_image(ctx: &Ctx) -> Result<()> {
     })();
     run(Command::new("umount").arg(mnt.path()))?;
     check
+}
+
+/// `--progress-fd 3` writes progress-v0 JSON lines: Start first, then
+/// ProgressBytes events, the last with every layer done.
+fn pull_progress_fd_writes_json_lines(ctx: &Ctx) -> Result<()> {
+    let img = image("progress:v1", three_layers("progress", 1));
+    img.build()?;
+    let dest = registry_ref(ctx, "progress:v1");
+    img.push(&dest)?;
+    let sysroot = tempfile::tempdir()?;
+    let events = sysroot.path().join("../progress.jsonl");
+    let events = std::path::absolute(events)?;
+    let bin = ctx.bootc.bin.display().to_string();
+    run(ctx
+        .bootc
+        .cmd(sysroot.path())
+        .args(["image", "pull", "--progress-fd", "3", &dest])
+        .arg_shell_redirect(&bin, &events))?;
+    let text = fs::read_to_string(&events)?;
+    let lines: Vec<Value> = text
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()
+        .with_context(|| format!("every line is JSON: {text}"))?;
+    ensure!(lines.first().map(|l| l["type"] == "Start").unwrap_or(false), "{text}");
+    let bytes: Vec<&Value> = lines.iter().filter(|l| l["type"] == "ProgressBytes").collect();
+    ensure!(!bytes.is_empty(), "{text}");
+    let last = bytes.last().context("a last event")?;
+    for key in ["task", "description", "id", "bytesCached", "bytes", "bytesTotal",
+                "stepsCached", "steps", "stepsTotal", "subtasks"] {
+        ensure!(!last[key].is_null(), "{key} missing in {last}");
+    }
+    ensure!(last["steps"] == 3 && last["stepsTotal"] == 3, "all layers done: {last}");
+    fs::remove_file(&events)?;
+    Ok(())
+}
+
+/// Run a prepared bootc command through `sh` so that fd 3 goes to a file.
+trait ShellRedirect {
+    fn arg_shell_redirect(&mut self, bin: &str, file: &std::path::Path) -> &mut Command;
+}
+
+impl ShellRedirect for Command {
+    fn arg_shell_redirect(&mut self, bin: &str, file: &std::path::Path) -> &mut Command {
+        // Rebuild as: sh -c 'exec "$0" "$@" 3>FILE' BIN ARGS...
+        let args: Vec<_> = self.get_args().map(|a| a.to_owned()).collect();
+        let envs: Vec<_> = self
+            .get_envs()
+            .filter_map(|(k, v)| Some((k.to_owned(), v?.to_owned())))
+            .collect();
+        let mut sh = Command::new("sh");
+        sh.arg("-c")
+            .arg(format!("exec \"$0\" \"$@\" 3>'{}'", file.display()))
+            .arg(bin)
+            .args(args)
+            .envs(envs)
+            .stdin(Stdio::null());
+        *self = sh;
+        self
+    }
 }
