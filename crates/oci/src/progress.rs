@@ -581,14 +581,15 @@ impl PullState {
         self.layer_count.unwrap_or(seen).max(seen)
     }
 
-    /// "layer n of m sha256:0123456789ab" for layer `i`.
+    /// "layer n of m sha256:0123456789ab" for layer `i`; just "layer n …"
+    /// while the layer count is unknown (composefs does not report it), rather
+    /// than a misleading "n of n".
     fn label(&self, i: usize) -> String {
-        format!(
-            "layer {} of {} {}",
-            i + 1,
-            self.steps_total(),
-            short_digest(&self.layers[i].id)
-        )
+        let id = short_digest(&self.layers[i].id);
+        match self.layer_count {
+            Some(m) => format!("layer {} of {m} {id}", i + 1),
+            None => format!("layer {} {id}", i + 1),
+        }
     }
 
     /// The closing line: layers and bytes fetched, time, rate, and how many
@@ -893,6 +894,9 @@ mod tests {
             "{summary}"
         );
         assert!(summary.ends_with("; 1 already present"), "{summary}");
+        // The count is unknown until someone sets it: no made-up "of m".
+        assert_eq!(progress.lock().label(1), "layer 2 sha256:222222222222");
+        progress.set_layer_count(3);
         assert_eq!(progress.lock().label(1), "layer 2 of 3 sha256:222222222222");
     }
 
