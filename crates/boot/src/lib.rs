@@ -1,1 +1,89 @@
 //! Boot entries: BLS type-1 files, grub.cfg, systemd-boot on the ESP.
+//!
+//! - [`bls`]: the entry model, [`bls::parse_bls`] and [`bls::BlsEntry::render`] (pure).
+//! - [`entries`]: entry sets and boot files in a mounted directory, swapped in
+//!   with `renameat2(RENAME_EXCHANGE)` after a `syncfs`.
+//! - [`grub`]: `grub.cfg` generation (pure) and `grub-install` for BIOS.
+//! - [`esp`]: the EFI system partition written with mtools, systemd-boot.
+//!
+//! **Architecture invariant**: every change to what boots ends in one rename
+//! or exchange after a sync barrier (on FAT, see [`esp`] for what we get).
+//! This crate knows nothing of images or deployments beyond an id and a
+//! kernel command line.
+
+pub mod bls;
+pub mod entries;
+pub mod esp;
+pub mod grub;
+
+use std::process::Command;
+
+use anyhow::{Context, Result};
+
+pub use bls::{BlsEntry, parse_bls};
+
+/// Split BLS `options` into kernel arguments: on whitespace outside double
+/// quotes, quotes removed (as the kernel parses its command line).
+pub fn split_options(options: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    let mut in_quotes = false;
+    let mut any = false;
+    for c in options.chars() {
+        match c {
+            '"' => {
+                in_quotes = !in_quotes;
+                any = true;
+            }
+            c if c.is_whitespace() && !in_quotes => {
+                if any {
+                    out.push(std::mem::take(&mut cur));
+                    any = false;
+                }
+            }
+            c => {
+                cur.push(c);
+                any = true;
+            }
+        }
+    }
+    if any {
+        out.push(cur);
+    }
+    out
+}
+
+/// Run `cmd`, failing with its stderr (and stdout) when it fails.
+pub(crate) fn run_command(cmd: &mut Command) -> Result<()> {
+    let prog = cmd.get_program().to_string_lossy().into_owned();
+    tracing::debug!("running {cmd:?}");
+    let out = cmd
+        .output()
+        .with_context(|| format!("Running {prog} (is it installed?)"))?;
+    if !out.status.success() {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let msg = [stderr.trim(), stdout.trim()]
+            .into_iter()
+            .filter(|s| !s.is_empty())
+            .collect::<Vec<_>>()
+            .join("\n");
+        anyhow::bail!("{prog} failed ({}): {msg}", out.status);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn splits_options() {
+        let cases: &[(&str, &[&str])] = &[
+            ("root=UUID=x rw", &["root=UUID=x", "rw"]),
+            ("a=\"b c\"  d", &["a=b c", "d"]),
+            ("", &[]),
+        ];
+        for (input, expect) in cases {
+            assert_eq!(super::split_options(input), *expect, "{input}");
+        }
+    }
+}
