@@ -6,6 +6,9 @@
 //!   and one `COPY` per layer), push it.
 //! - [`Bootc`]: run the `bootc` binary under test with a private containers
 //!   configuration (registries.conf, policy.json).
+//! - [`vm`]: boot disks in qemu (TCG) with a serial log and a timeout.
+
+pub mod vm;
 
 use std::fs;
 use std::io::{BufRead, BufReader};

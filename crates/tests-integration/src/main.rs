@@ -3,6 +3,7 @@
 //! One registry serves every test and is stopped (by pid) when the run ends.
 //! Tests that need root are skipped with a message when not run as root.
 
+mod boot;
 mod pull;
 
 use std::sync::Arc;
@@ -24,7 +25,7 @@ type TestFn = fn(&Ctx) -> Result<()>;
 fn main() -> Result<()> {
     let args = Arguments::from_args();
     let root = rustix::process::geteuid().is_root();
-    let tests: Vec<(&str, TestFn)> = pull::TESTS.to_vec();
+    let tests: Vec<(&str, TestFn)> = pull::TESTS.iter().chain(boot::TESTS).copied().collect();
     let ctx = if root && !args.list {
         let registry = Registry::start()?;
         let bootc = Bootc::new(&[&registry.addr])?;

@@ -1,0 +1,710 @@
+//! VM boot tests: install the example image to a disk image file, boot it in
+//! qemu (TCG) with SeaBIOS/GRUB or OVMF/systemd-boot, and check from the
+//! serial console that the installed deployment is what booted.
+//!
+//! The example image (`localhost/bootc-example:latest`, built by
+//! `examples/build.sh latest`) carries `bootc-status-console.service`, which
+//! prints `bootc status --format json` between `BOOTC-STATUS-BEGIN` and
+//! `BOOTC-STATUS-END` plus `findmnt` of `/` and `/usr` on the console, and
+//! powers off when the kernel command line has `bootc.test.poweroff=1`.
+//!
+//! Flow of each disk test:
+//! 1. [`install_to_disk`] (or partition + [`install_to_filesystem`]) onto a
+//!    6 GiB sparse file under /var/tmp;
+//! 2. [`read_deployment`]: mount the root partition read-only and read the
+//!    one `state/deploy/*/deployment.json`: the image and manifest digest
+//!    bootc recorded;
+//! 3. [`boot_and_check`]: boot, wait for the status block and the power-off,
+//!    then assert: the kernel booted the deployment, systemd reached
+//!    multi-user, `/` is the composefs overlay, `/usr` is read-only, and the
+//!    status names the installed image and digest. A failure says which
+//!    stage broke ([`diagnose`]) with the relevant console lines.
+//!
+//! Only a missing qemu skips these tests (with a "SKIP:" line); a failing
+//! install fails the test. VM tests run one at a time ([`VM_LOCK`]): two TCG
+//! guests on a 2-core machine would slow each other past their timeouts.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail, ensure};
+use bootc_tests_integration::run;
+use bootc_tests_integration::vm::{self, Firmware, Run, RunEnd, STATUS_END, Vm, partitions};
+use serde_json::Value;
+
+use crate::{Ctx, TestFn};
+
+/// The tests of this module.
+pub const TESTS: &[(&str, TestFn)] = &[
+    ("vm_harness_busybox_bios", vm_harness_busybox_bios),
+    ("vm_harness_busybox_uefi", vm_harness_busybox_uefi),
+    ("vm_boot_bios_grub", vm_boot_bios_grub),
+    ("vm_boot_uefi_systemd_boot", vm_boot_uefi_systemd_boot),
+    ("vm_boot_to_filesystem_bios", vm_boot_to_filesystem_bios),
+];
+
+/// One VM test at a time (see the module docs).
+static VM_LOCK: Mutex<()> = Mutex::new(());
+
+/// The image every disk test installs.
+const IMAGE: &str = "localhost/bootc-example:latest";
+
+/// Size of the sparse disk image files.
+const DISK_SIZE: u64 = 6 << 30;
+
+/// Bound of one systemd boot under TCG (measured 25–35 s on an idle
+/// machine; the machine is shared with builds).
+const BOOT_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// After the status block, time for the guest to power off by itself.
+const POWEROFF_GRACE: Duration = Duration::from_secs(60);
+
+/// Bound of one `bootc install`.
+const INSTALL_TIMEOUT: Duration = Duration::from_secs(900);
+
+/// Discoverable Partitions Specification type of an x86-64 root partition.
+const ROOT_X86_64: &str = "4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709";
+/// GPT type of a BIOS boot partition (GRUB's core image).
+const BIOS_BOOT: &str = "21686148-6449-6E6F-744E-656564454649";
+
+/// Take the VM lock (a panicking holder does not poison the others).
+fn vm_lock() -> std::sync::MutexGuard<'static, ()> {
+    VM_LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// `Some(reason)` when VM tests cannot run on this machine.
+fn skip_reason() -> Option<String> {
+    vm::qemu_missing()
+}
+
+macro_rules! skip_without_qemu {
+    () => {
+        if let Some(reason) = skip_reason() {
+            println!("SKIP: {reason}");
+            return Ok(());
+        }
+    };
+}
+
+// --- Harness self-test: busybox on the example image's kernel ----------------
+
+/// The example image's kernel, copied out of podman's storage.
+fn example_kernel(dest: &Path) -> Result<PathBuf> {
+    ensure_example_image()?;
+    let out = run(Command::new("podman").args(["image", "mount", IMAGE]))?;
+    let mnt = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+    let result = (|| {
+        let modules = mnt.join("usr/lib/modules");
+        let mut kernels = Vec::new();
+        for e in fs::read_dir(&modules).with_context(|| format!("Reading {}", modules.display()))? {
+            let p = e?.path().join("vmlinuz");
+            if p.exists() {
+                kernels.push(p);
+            }
+        }
+        ensure!(
+            kernels.len() == 1,
+            "expected one kernel in {IMAGE}, found {kernels:?}"
+        );
+        let k = dest.join("vmlinuz");
+        fs::copy(&kernels[0], &k).with_context(|| format!("Copying {}", kernels[0].display()))?;
+        Ok(k)
+    })();
+    run(Command::new("podman").args(["image", "unmount", IMAGE]))?;
+    result
+}
+
+fn ensure_example_image() -> Result<()> {
+    let st = Command::new("podman")
+        .args(["image", "exists", IMAGE])
+        .status()
+        .context("Running podman image exists")?;
+    ensure!(
+        st.success(),
+        "{IMAGE} is not in podman's storage: run `examples/build.sh latest` first"
+    );
+    Ok(())
+}
+
+/// Boot the example kernel with a busybox initramfs that prints a fake
+/// status block and powers off: proves qemu, the firmware, the serial log,
+/// the status parsing and the power-off detection, in about 10 s.
+fn busybox_boot(firmware: Firmware) -> Result<()> {
+    let busybox = Path::new("/bin/busybox");
+    ensure!(
+        busybox.exists(),
+        "{} missing: apt-get install busybox-static",
+        busybox.display()
+    );
+    let work = tempfile::Builder::new()
+        .prefix("bootc-busybox.")
+        .tempdir_in("/var/tmp")?;
+    let kernel = example_kernel(work.path())?;
+    let initrd = work.path().join("initrd.cpio");
+    vm::busybox_initramfs(
+        busybox,
+        r#"/bin/busybox mount -t proc proc /proc
+echo BOOTC-STATUS-BEGIN
+echo '{"kind": "BootcHost",'
+echo ' "cmdline": "'"$(/bin/busybox cat /proc/cmdline)"'"}'
+echo BOOTC-STATUS-END
+/bin/busybox poweroff -f
+"#,
+        &initrd,
+    )?;
+    let mut vm = Vm::builder()
+        .firmware(firmware)
+        .memory_mb(512)
+        .kernel(
+            &kernel,
+            Some(initrd),
+            "console=ttyS0,115200 panic=-1 bootc.harness=1",
+        )
+        .build()?;
+    if firmware == Firmware::Bios {
+        // The timeout path: killed, reaped, nothing left behind.
+        let r = vm.run_until("never printed", Duration::from_secs(2))?;
+        ensure!(r.end == RunEnd::TimedOut && !r.matched(), "{:?}", r.end);
+        ensure!(
+            !Path::new(&format!("/proc/{}", r.pid)).exists(),
+            "qemu {} still there",
+            r.pid
+        );
+        // The pattern path: stops at the first match, qemu killed.
+        let r = vm.run_until("Linux version", Duration::from_secs(60))?;
+        ensure!(
+            r.end == RunEnd::Matched,
+            "{:?}: {}",
+            r.end,
+            failure_report(&r)
+        );
+        ensure!(
+            !Path::new(&format!("/proc/{}", r.pid)).exists(),
+            "qemu {} still there",
+            r.pid
+        );
+    }
+    let r = vm.run_until_then_exit(
+        STATUS_END,
+        Duration::from_secs(30),
+        Duration::from_secs(120),
+    )?;
+    println!(
+        "{firmware:?} busybox boot: status block after {:?}, qemu ended after {:?} ({:?})",
+        r.matched_after, r.elapsed, r.end
+    );
+    ensure!(r.matched(), "no status block: {}", failure_report(&r));
+    let status = r.status_json().with_context(|| failure_report(&r))?;
+    ensure!(status["kind"] == "BootcHost", "{status}");
+    ensure!(
+        status["cmdline"]
+            .as_str()
+            .is_some_and(|c| c.contains("bootc.harness=1")),
+        "{status}"
+    );
+    ensure!(
+        r.exited_cleanly(),
+        "guest did not power off: {}",
+        failure_report(&r)
+    );
+    Ok(())
+}
+
+fn vm_harness_busybox_bios(_ctx: &Ctx) -> Result<()> {
+    skip_without_qemu!();
+    let _l = vm_lock();
+    busybox_boot(Firmware::Bios)
+}
+
+fn vm_harness_busybox_uefi(_ctx: &Ctx) -> Result<()> {
+    skip_without_qemu!();
+    let _l = vm_lock();
+    busybox_boot(Firmware::Uefi)
+}
+
+// --- Disk images, loop devices, mounts (cleaned up on drop) -------------------
+
+/// A sparse disk image file in its own directory under /var/tmp.
+struct DiskFile {
+    dir: tempfile::TempDir,
+    path: PathBuf,
+}
+
+impl DiskFile {
+    fn new() -> Result<Self> {
+        let dir = tempfile::Builder::new()
+            .prefix("bootc-disk.")
+            .tempdir_in("/var/tmp")?;
+        let path = dir.path().join("disk.raw");
+        let f = fs::File::create(&path).with_context(|| format!("Creating {}", path.display()))?;
+        f.set_len(DISK_SIZE)?;
+        Ok(Self { dir, path })
+    }
+}
+
+/// A loop device, detached on drop.
+struct LoopDev {
+    dev: String,
+}
+
+impl LoopDev {
+    /// Attach `file` (read-only if `ro`), optionally a byte range of it, with
+    /// partitions scanned by `partx -a` when `partitions` (the host kernel
+    /// does not scan them itself).
+    fn attach(file: &Path, ro: bool, range: Option<(u64, u64)>, partitions: bool) -> Result<Self> {
+        let mut c = Command::new("losetup");
+        c.args(["-f", "--show"]);
+        if ro {
+            c.arg("-r");
+        }
+        if let Some((off, size)) = range {
+            c.arg(format!("--offset={off}"))
+                .arg(format!("--sizelimit={size}"));
+        }
+        c.arg(file);
+        let out = run(&mut c)?;
+        let dev = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        ensure!(dev.starts_with("/dev/loop"), "losetup printed {dev:?}");
+        let l = Self { dev };
+        if partitions {
+            run(Command::new("partx").args(["-a", &l.dev]))?;
+        }
+        Ok(l)
+    }
+
+    /// The device node of partition `n`, waiting briefly for devtmpfs.
+    fn partition(&self, n: u32) -> Result<String> {
+        let p = format!("{}p{n}", self.dev);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !Path::new(&p).exists() {
+            ensure!(
+                Instant::now() < deadline,
+                "{p} did not appear after partx -a"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(p)
+    }
+}
+
+impl Drop for LoopDev {
+    fn drop(&mut self) {
+        // Partitions first (harmless if there are none), then the device.
+        let _ = Command::new("partx")
+            .args(["-d", &self.dev])
+            .stderr(Stdio::null())
+            .status();
+        if let Err(e) = run(Command::new("losetup").args(["-d", &self.dev])) {
+            eprintln!("warning: detaching {}: {e:#}", self.dev);
+        }
+    }
+}
+
+/// A mount, unmounted on drop.
+struct Mounted {
+    dir: tempfile::TempDir,
+}
+
+impl Mounted {
+    fn new(dev: &str, opts: &str) -> Result<Self> {
+        let dir = tempfile::Builder::new()
+            .prefix("bootc-mnt.")
+            .tempdir_in("/var/tmp")?;
+        run(Command::new("mount")
+            .args(["-o", opts, dev])
+            .arg(dir.path()))?;
+        Ok(Self { dir })
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        if let Err(e) = run(Command::new("umount").arg(self.dir.path())) {
+            eprintln!("warning: unmounting {}: {e:#}", self.dir.path().display());
+        }
+    }
+}
+
+// --- Install ------------------------------------------------------------------
+
+/// A `bootc install` command with the test's containers configuration, bounded
+/// by `timeout(1)`.
+fn bootc_install(ctx: &Ctx, args: &[&str]) -> Command {
+    let mut c = Command::new("timeout");
+    c.args(["--kill-after=30", &INSTALL_TIMEOUT.as_secs().to_string()])
+        .arg(&ctx.bootc.bin)
+        .arg("install")
+        .args(args)
+        .env("CONTAINERS_REGISTRIES_CONF", ctx.bootc.registries_conf())
+        .env("CONTAINERS_POLICY_JSON", ctx.bootc.policy_json())
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null());
+    c
+}
+
+fn run_install(ctx: &Ctx, args: &[&str]) -> Result<Duration> {
+    let start = Instant::now();
+    run(&mut bootc_install(ctx, args)).context("bootc install failed (install side)")?;
+    let took = start.elapsed();
+    println!("bootc install {}: {took:.1?}", args.first().unwrap_or(&""));
+    Ok(took)
+}
+
+fn install_to_disk(ctx: &Ctx, disk: &Path, bootloader: &str) -> Result<Duration> {
+    let disk = disk.to_str().context("disk path not UTF-8")?;
+    run_install(
+        ctx,
+        &[
+            "to-disk",
+            "--via-loopback",
+            "--source-imgref",
+            &format!("containers-storage:{IMAGE}"),
+            "--bootloader",
+            bootloader,
+            "--karg",
+            "bootc.test.poweroff=1",
+            disk,
+        ],
+    )
+}
+
+fn install_to_filesystem(ctx: &Ctx, root: &Path, extra: &[&str]) -> Result<Duration> {
+    let root = root.to_str().context("root path not UTF-8")?;
+    let src = format!("containers-storage:{IMAGE}");
+    let mut args = vec![
+        "to-filesystem",
+        "--source-imgref",
+        &src,
+        "--bootloader",
+        "grub",
+        "--karg",
+        "bootc.test.poweroff=1",
+    ];
+    args.extend_from_slice(extra);
+    args.push(root);
+    run_install(ctx, &args)
+}
+
+/// What install recorded about the deployment.
+#[derive(Debug)]
+struct Deployment {
+    /// `state/deploy/<ID>`.
+    id: String,
+    /// `image.image` of deployment.json.
+    image: String,
+    /// `image.transport`.
+    transport: String,
+    /// `manifestDigest`.
+    manifest_digest: String,
+    /// Whole record, for messages.
+    json: Value,
+}
+
+/// Mount the root partition of `disk` read-only and read its one deployment.
+fn read_deployment(disk: &Path) -> Result<Deployment> {
+    let parts = partitions(disk)?;
+    let root = parts
+        .iter()
+        .find(|p| p.type_guid == ROOT_X86_64)
+        .with_context(|| {
+            format!(
+                "no x86-64 root partition ({ROOT_X86_64}) on {}: {parts:?}",
+                disk.display()
+            )
+        })?;
+    let lo = LoopDev::attach(disk, true, Some((root.start_bytes, root.size_bytes)), false)?;
+    let m = Mounted::new(&lo.dev, "ro")?;
+    let r = read_deployment_in(m.path());
+    drop(m);
+    drop(lo);
+    r.with_context(|| {
+        format!(
+            "Reading the deployment on partition {} of {} (install layout)",
+            root.number,
+            disk.display()
+        )
+    })
+}
+
+fn read_deployment_in(sysroot: &Path) -> Result<Deployment> {
+    let deploy = sysroot.join("state/deploy");
+    let mut ids = Vec::new();
+    for e in fs::read_dir(&deploy).with_context(|| format!("Reading {}", deploy.display()))? {
+        let e = e?;
+        if e.file_type()?.is_dir() {
+            ids.push(e.file_name().to_string_lossy().into_owned());
+        }
+    }
+    ensure!(
+        ids.len() == 1,
+        "expected one deployment in state/deploy, found {ids:?}"
+    );
+    let id = ids.remove(0);
+    let path = deploy.join(&id).join("deployment.json");
+    let json: Value = serde_json::from_str(
+        &fs::read_to_string(&path).with_context(|| format!("Reading {}", path.display()))?,
+    )
+    .with_context(|| format!("Parsing {}", path.display()))?;
+    let s = |v: &Value| {
+        v.as_str()
+            .map(str::to_owned)
+            .with_context(|| format!("{}: {json}", path.display()))
+    };
+    Ok(Deployment {
+        image: s(&json["image"]["image"])?,
+        transport: s(&json["image"]["transport"])?,
+        manifest_digest: s(&json["manifestDigest"])?,
+        id,
+        json: json.clone(),
+    })
+}
+
+// --- Boot and check -----------------------------------------------------------
+
+/// Boot `disk` and check the guest booted `dep`. Returns the run.
+fn boot_and_check(disk: &Path, firmware: Firmware, dep: &Deployment) -> Result<Run> {
+    let mut vm = Vm::builder().firmware(firmware).disk(disk).build()?;
+    let r = vm.run_until_then_exit(STATUS_END, POWEROFF_GRACE, BOOT_TIMEOUT)?;
+    println!(
+        "{firmware:?} boot: status block after {:.1?}, qemu ended after {:.1?} ({:?})",
+        r.matched_after.unwrap_or_default(),
+        r.elapsed,
+        r.end
+    );
+    check_boot(&r, dep).with_context(|| failure_report(&r))?;
+    Ok(r)
+}
+
+fn check_boot(r: &Run, dep: &Deployment) -> Result<()> {
+    ensure!(
+        r.matched(),
+        "no status block on the console: {}",
+        diagnose(r)
+    );
+    let log = &r.log;
+    ensure!(
+        log.contains(&format!("composefs={}", dep.id)),
+        "the kernel command line on the console does not select composefs={} (bootloader entry)",
+        dep.id
+    );
+    ensure!(
+        log.contains("Reached target multi-user.target") || log.contains("Multi-User System"),
+        "systemd did not reach multi-user.target (before the power-off)"
+    );
+    let mounts = vm::parse_findmnt(log);
+    let root = mounts
+        .iter()
+        .rev()
+        .find(|m| m.target == "/")
+        .with_context(|| {
+            format!("no findmnt row for / on the console (status unit): {mounts:?}")
+        })?;
+    ensure!(
+        root.fstype == "overlay" || root.fstype == "composefs",
+        "/ is {} from {}, not the composefs overlay (initramfs)",
+        root.fstype,
+        root.source
+    );
+    // /usr is part of the / mount unless the unit printed it separately.
+    let usr = mounts
+        .iter()
+        .rev()
+        .find(|m| m.target == "/usr")
+        .unwrap_or(root);
+    ensure!(usr.is_readonly(), "/usr is not read-only: {usr:?}");
+    let status = r.status_json().context("status JSON (status side)")?;
+    check_status(&status, dep)?;
+    if !r.exited_cleanly() {
+        bail!(
+            "the guest did not power off within {POWEROFF_GRACE:?} of the status block ({:?})",
+            r.end
+        );
+    }
+    Ok(())
+}
+
+/// The status printed in the guest names the installed image and digest.
+fn check_status(status: &Value, dep: &Deployment) -> Result<()> {
+    let booted = &status["status"]["booted"];
+    ensure!(
+        !booted.is_null(),
+        "status.booted is null (status side): {status}"
+    );
+    let image = &booted["image"];
+    ensure!(
+        image["image"]["image"] == dep.image.as_str()
+            && image["image"]["transport"] == dep.transport.as_str(),
+        "status.booted.image.image is {}, install recorded {}:{} (status side)",
+        image["image"],
+        dep.transport,
+        dep.image
+    );
+    ensure!(
+        dep.image.ends_with(IMAGE),
+        "install recorded image {} for source {IMAGE} (install side)",
+        dep.image
+    );
+    ensure!(
+        image["imageDigest"] == dep.manifest_digest.as_str(),
+        "status.booted.image.imageDigest is {}, install recorded {} (status side)",
+        image["imageDigest"],
+        dep.manifest_digest
+    );
+    Ok(())
+}
+
+/// Lines of a serial log that tell which stage failed.
+const TELLTALES: &[&str] = &[
+    "bootc",
+    "composefs",
+    "Kernel panic",
+    "emergency",
+    "Emergency",
+    "FAILED",
+    "Failed",
+    "error",
+    "Error",
+    "not found",
+    "Timed out",
+    "Dependency failed",
+    "BdsDxe",
+    "grub",
+    "GRUB",
+    "systemd-boot",
+    "Linux version",
+    "Command line",
+];
+
+/// Say which stage of the boot chain failed, from what the console shows.
+fn diagnose(r: &Run) -> String {
+    let log = &r.log;
+    let stage = if !r.qemu_stderr.trim().is_empty()
+        && matches!(r.end, RunEnd::Exited(s) if !s.success())
+    {
+        "qemu itself failed (see its stderr)"
+    } else if !log.contains("Linux version") {
+        "firmware/bootloader: the kernel never printed on the serial console (no bootloader, no entry, or no console=ttyS0 in the entry's options)"
+    } else if log.contains("cannot mount deployment") {
+        "initramfs: bootc-initramfs-setup could not mount the deployment"
+    } else if log.contains("Kernel panic") {
+        "kernel panic"
+    } else if !log.contains("Switching root") && !log.contains("switch root") {
+        "initramfs: the initrd never switched root"
+    } else if log.contains("emergency mode") || log.contains("Emergency Mode") {
+        "systemd entered emergency mode"
+    } else if !log.contains("multi-user.target") && !log.contains("Multi-User System") {
+        "systemd did not reach multi-user.target"
+    } else if !log.contains(vm::STATUS_BEGIN) {
+        "multi-user reached but no status block: bootc-status-console.service did not print (status unit or bootc status)"
+    } else {
+        "status block printed; see the assertion above"
+    };
+    format!("stage: {stage} ({:?} after {:.1?})", r.end, r.elapsed)
+}
+
+/// An error report: the stage, telltale lines, the console tail and qemu's stderr.
+fn failure_report(r: &Run) -> String {
+    let clean = vm::tail_lines(&r.log, usize::MAX);
+    let tells: Vec<&str> = clean
+        .lines()
+        .filter(|l| TELLTALES.iter().any(|t| l.contains(t)))
+        .collect();
+    let tells = &tells[tells.len().saturating_sub(40)..];
+    format!(
+        "{}\n--- telltale console lines ---\n{}\n--- last console lines ---\n{}\n--- qemu stderr ---\n{}",
+        diagnose(r),
+        tells.join("\n"),
+        r.tail(60),
+        r.qemu_stderr.trim()
+    )
+}
+
+// --- The tests ----------------------------------------------------------------
+
+fn disk_test(ctx: &Ctx, firmware: Firmware, bootloader: &str) -> Result<()> {
+    ensure_example_image()?;
+    let disk = DiskFile::new()?;
+    install_to_disk(ctx, &disk.path, bootloader)?;
+    let dep = read_deployment(&disk.path)?;
+    println!(
+        "installed deployment {} of {}:{} ({})",
+        dep.id, dep.transport, dep.image, dep.manifest_digest
+    );
+    let parts = partitions(&disk.path)?;
+    if bootloader == "grub" {
+        ensure!(
+            parts.iter().any(|p| p.type_guid == BIOS_BOOT),
+            "GRUB install without a BIOS boot partition (install layout): {parts:?}"
+        );
+    }
+    boot_and_check(&disk.path, firmware, &dep)
+        .with_context(|| format!("deployment.json: {}", dep.json))?;
+    drop(disk.dir);
+    Ok(())
+}
+
+fn vm_boot_bios_grub(ctx: &Ctx) -> Result<()> {
+    skip_without_qemu!();
+    let _l = vm_lock();
+    disk_test(ctx, Firmware::Bios, "grub")
+}
+
+fn vm_boot_uefi_systemd_boot(ctx: &Ctx) -> Result<()> {
+    skip_without_qemu!();
+    let _l = vm_lock();
+    disk_test(ctx, Firmware::Uefi, "systemd")
+}
+
+/// Partition a loop device ourselves (GPT: BIOS boot + ext4 root), mount the
+/// root, `bootc install to-filesystem` into it, unmount, boot with SeaBIOS.
+fn vm_boot_to_filesystem_bios(ctx: &Ctx) -> Result<()> {
+    skip_without_qemu!();
+    let _l = vm_lock();
+    ensure_example_image()?;
+    let disk = DiskFile::new()?;
+    let dep = {
+        let lo = LoopDev::attach(&disk.path, false, None, false)?;
+        let mut sfdisk = Command::new("sfdisk")
+            .args(["--quiet", "--wipe", "always", &lo.dev])
+            .stdin(Stdio::piped())
+            .spawn()
+            .context("Running sfdisk")?;
+        {
+            use std::io::Write;
+            let script = format!(
+                "label: gpt\nsize=1MiB, type={BIOS_BOOT}, name=\"BIOS-BOOT\"\ntype={ROOT_X86_64}, name=\"root\"\n"
+            );
+            sfdisk
+                .stdin
+                .take()
+                .context("sfdisk stdin")?
+                .write_all(script.as_bytes())?;
+        }
+        ensure!(sfdisk.wait()?.success(), "sfdisk on {} failed", lo.dev);
+        run(Command::new("partx").args(["-a", &lo.dev]))?;
+        let root_dev = lo.partition(2)?;
+        run(Command::new("mkfs.ext4").args(["-q", "-O", "verity", "-L", "root", &root_dev]))?;
+        let m = Mounted::new(&root_dev, "rw")?;
+        let install = install_to_filesystem(ctx, m.path(), &[]);
+        // Unmount (and detach) before reading or booting, whatever happened.
+        drop(m);
+        drop(lo);
+        install?;
+        read_deployment(&disk.path)?
+    };
+    println!(
+        "installed deployment {} of {}:{} ({})",
+        dep.id, dep.transport, dep.image, dep.manifest_digest
+    );
+    boot_and_check(&disk.path, Firmware::Bios, &dep)
+        .with_context(|| format!("deployment.json: {}", dep.json))?;
+    drop(disk.dir);
+    Ok(())
+}
