@@ -6,6 +6,7 @@
 //! - [`status`]: `bootc status`.
 
 pub mod cli;
+pub mod deployments;
 pub mod image;
 pub mod install;
 pub mod status;

@@ -1,14 +1,337 @@
-//! `bootc status`.
+//! `bootc status`: the host as a `BootcHost` object.
+//!
+//! 1. Find the physical root: `--sysroot PATH` when given; on a booted host
+//!    (`composefs=<id>` on the kernel command line) `/sysroot`.
+//! 2. Load its deployments and the order the boot entries give them.
+//! 3. Build a [`Host`]: booted = the deployment named on the command line
+//!    (or, on an unbooted disk, the one that boots next), rollback = the next
+//!    one in boot order, pinned others in `otherDeployments`.
+//! 4. Print it: human on a terminal, YAML otherwise, or as `--format` says.
 
-use std::path::Path;
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
 
-use anyhow::Result;
+use anyhow::{Context, Result, bail};
+use bootc_spec::{
+    BootEntry, BootEntryComposefs, BootOrder, BootType, Bootloader, Host, HostSpec, HostType,
+    ImageReference, ImageStatus, Slot,
+};
+
+/// Output formats of `bootc status`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum StatusFormat {
+    /// For people.
+    Humanreadable,
+    /// YAML.
+    Yaml,
+    /// JSON.
+    Json,
+}
 
 /// Arguments of `bootc status`.
 #[derive(Debug, clap::Args)]
-pub struct StatusArgs {}
+pub struct StatusArgs {
+    /// Output format; default: humanreadable on a terminal, YAML otherwise.
+    #[arg(long, value_enum)]
+    pub format: Option<StatusFormat>,
+    /// The version of the output format (only 0 and 1 exist; both print v1).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(0..=1))]
+    pub format_version: u32,
+    /// Same as `--format json` (kept for compatibility).
+    #[arg(long, hide = true, conflicts_with = "format")]
+    pub json: bool,
+    /// Only show the booted deployment.
+    #[arg(long)]
+    pub booted: bool,
+    /// Show more detail in the human-readable output.
+    #[arg(long, short)]
+    pub verbose: bool,
+}
+
+/// One deployment, as status needs it (decoupled from the on-disk record).
+#[derive(Debug, Clone)]
+pub struct DeploymentView {
+    /// The deployment id (the EROFS image's fs-verity digest).
+    pub id: String,
+    /// The image reference it tracks.
+    pub image: ImageReference,
+    /// Manifest digest.
+    pub digest: String,
+    /// Version label.
+    pub version: Option<String>,
+    /// Build time.
+    pub timestamp: Option<chrono::DateTime<chrono::Utc>>,
+    /// Architecture.
+    pub architecture: String,
+    /// The bootloader that boots it.
+    pub bootloader: Bootloader,
+    /// Whether the store lacks fs-verity.
+    pub insecure: bool,
+    /// Whether pinned.
+    pub pinned: bool,
+}
+
+impl DeploymentView {
+    fn entry(&self) -> BootEntry {
+        let mut image = ImageStatus::new(
+            self.image.clone(),
+            self.digest.clone(),
+            self.architecture.clone(),
+        );
+        image.version = self.version.clone();
+        image.timestamp = self.timestamp;
+        BootEntry {
+            image: Some(image),
+            pinned: self.pinned,
+            composefs: Some(BootEntryComposefs {
+                verity: self.id.clone(),
+                boot_type: BootType::Bls,
+                bootloader: self.bootloader,
+                boot_digest: None,
+                missing_verity_allowed: self.insecure,
+            }),
+            ..Default::default()
+        }
+    }
+}
+
+/// Build the host from deployments in boot order (first = default) and the
+/// booted deployment's id, if the host is booted.
+pub fn build_host(deployments: &[DeploymentView], booted: Option<&str>) -> Host {
+    let mut host = Host::default();
+    let booted_idx = match booted {
+        Some(id) => deployments.iter().position(|d| d.id == id),
+        None => (!deployments.is_empty()).then_some(0),
+    };
+    let Some(bi) = booted_idx else {
+        return host;
+    };
+    let b = &deployments[bi];
+    host.spec = HostSpec {
+        image: Some(b.image.clone()),
+        boot_order: BootOrder::Default,
+    };
+    host.status.booted = Some(b.entry());
+    host.status.ty = Some(HostType::BootcHost);
+    let mut rest = deployments
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != bi)
+        .map(|(_, d)| d);
+    if let Some(r) = rest.next() {
+        host.status.rollback = Some(r.entry());
+    }
+    host.status.other_deployments = rest.filter(|d| d.pinned).map(|d| d.entry()).collect();
+    host
+}
+
+/// The human-readable rendering.
+pub fn render_human(host: &Host, verbose: bool) -> String {
+    let mut out = String::new();
+    let slots = [
+        (Slot::Staged, "Staged image"),
+        (Slot::Booted, "Booted image"),
+        (Slot::Rollback, "Rollback image"),
+    ];
+    let mut first = true;
+    for (slot, label) in slots {
+        let Some(entry) = host.status.slot(slot) else {
+            if slot == Slot::Rollback && host.status.booted.is_some() {
+                out.push_str("\nNo rollback image is present\n");
+            }
+            continue;
+        };
+        if !first {
+            out.push('\n');
+        }
+        first = false;
+        render_entry(&mut out, slot == Slot::Booted, label, entry, verbose);
+    }
+    for entry in &host.status.other_deployments {
+        out.push('\n');
+        render_entry(&mut out, false, "Other image", entry, verbose);
+    }
+    if host.status.booted.is_none() && host.status.staged.is_none() {
+        out.push_str("System is not deployed via bootc.\n");
+    }
+    out
+}
+
+fn render_entry(out: &mut String, booted: bool, label: &str, entry: &BootEntry, verbose: bool) {
+    use std::fmt::Write as _;
+    let mark = if booted { "●" } else { " " };
+    let w = label.len() + 2;
+    match &entry.image {
+        Some(img) => {
+            let _ = writeln!(out, "{mark} {label}: {}", img.image);
+            let _ = writeln!(out, "{:>w$}: {} ({})", "Digest", img.image_digest, img.architecture);
+            if let Some(v) = &img.version {
+                let ts = img
+                    .timestamp
+                    .map(|t| format!(" ({})", t.format("%Y-%m-%dT%H:%M:%SZ")))
+                    .unwrap_or_default();
+                let _ = writeln!(out, "{:>w$}: {v}{ts}", "Version");
+            }
+        }
+        None => {
+            let _ = writeln!(out, "{mark} {label}: (not from a container image)");
+        }
+    }
+    if verbose {
+        if let Some(c) = &entry.composefs {
+            let _ = writeln!(out, "{:>w$}: {}", "Deployment", c.verity);
+            let _ = writeln!(out, "{:>w$}: {}", "Bootloader", c.bootloader);
+            let mode = if c.missing_verity_allowed {
+                "insecure (no fs-verity)"
+            } else {
+                "verified (fs-verity)"
+            };
+            let _ = writeln!(out, "{:>w$}: {mode}", "Store");
+        }
+        let _ = writeln!(out, "{:>w$}: {}", "Pinned", if entry.pinned { "yes" } else { "no" });
+        if entry.download_only {
+            let _ = writeln!(out, "{:>w$}: Download-only", "Staged state");
+        }
+    }
+}
+
+/// Where the physical root of this host is: `--sysroot` when given,
+/// `/sysroot` on a booted bootc host, else `/`.
+fn physical_root(sysroot: &Path, cmdline: &str) -> (PathBuf, Option<String>) {
+    let booted = bootc_sysroot::booted_deployment_id(cmdline);
+    if sysroot != Path::new("/") {
+        return (sysroot.to_owned(), None);
+    }
+    match booted {
+        Some(id) if Path::new("/sysroot/state/deploy").join(&id).exists() => {
+            ("/sysroot".into(), Some(id))
+        }
+        _ => ("/".into(), None),
+    }
+}
 
 /// Print the host's status.
-pub fn run(_sysroot: &Path, _args: StatusArgs) -> Result<()> {
-    anyhow::bail!("status is not implemented yet")
+pub fn run(sysroot: &Path, args: StatusArgs) -> Result<()> {
+    let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+    let (root, booted) = physical_root(sysroot, &cmdline);
+    let deployments = crate::deployments::load_views(&root)
+        .with_context(|| format!("Loading deployments of {}", root.display()))?;
+    if let Some(id) = &booted
+        && !deployments.iter().any(|d| &d.id == id)
+    {
+        bail!("The booted deployment {id} is not in {}", root.display());
+    }
+    let mut host = build_host(&deployments, booted.as_deref());
+    if args.booted {
+        host.filter_to_slot(Slot::Booted);
+    }
+    let format = match (args.json, args.format) {
+        (true, _) => StatusFormat::Json,
+        (false, Some(f)) => f,
+        (false, None) if std::io::stdout().is_terminal() => StatusFormat::Humanreadable,
+        (false, None) => StatusFormat::Yaml,
+    };
+    let mut out = std::io::stdout().lock();
+    match format {
+        StatusFormat::Humanreadable => out.write_all(render_human(&host, args.verbose).as_bytes())?,
+        StatusFormat::Yaml => serde_yaml_ng::to_writer(&mut out, &host).context("Writing YAML")?,
+        StatusFormat::Json => {
+            serde_json::to_writer_pretty(&mut out, &host).context("Writing JSON")?;
+            writeln!(out)?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn view(id: &str, tag: &str) -> DeploymentView {
+        DeploymentView {
+            id: id.repeat(64 / id.len()),
+            image: ImageReference::registry(format!("quay.io/example/os:{tag}")),
+            digest: format!("sha256:{}", id.repeat(64 / id.len())),
+            version: Some(tag.into()),
+            timestamp: Some("2026-11-25T10:00:00Z".parse().unwrap()),
+            architecture: "amd64".into(),
+            bootloader: Bootloader::Grub,
+            insecure: true,
+            pinned: false,
+        }
+    }
+
+    #[test]
+    fn booted_and_rollback() {
+        let v2 = view("b", "v2");
+        let v1 = view("a", "v1");
+        let host = build_host(&[v2.clone(), v1.clone()], Some(&v2.id));
+        assert_eq!(host.spec.image.as_ref().unwrap().image, "quay.io/example/os:v2");
+        let booted = host.status.booted.as_ref().unwrap();
+        assert_eq!(booted.composefs.as_ref().unwrap().verity, v2.id);
+        let rb = host.status.rollback.as_ref().unwrap();
+        assert_eq!(rb.image.as_ref().unwrap().version.as_deref(), Some("v1"));
+        // Booted into the rollback entry: the roles follow the command line.
+        let host = build_host(&[v2.clone(), v1.clone()], Some(&v1.id));
+        assert_eq!(host.status.booted.unwrap().composefs.unwrap().verity, v1.id);
+        assert_eq!(host.status.rollback.unwrap().composefs.unwrap().verity, v2.id);
+    }
+
+    #[test]
+    fn empty_host_is_not_deployed() {
+        let host = build_host(&[], None);
+        assert!(host.status.booted.is_none());
+        assert_eq!(render_human(&host, false), "System is not deployed via bootc.\n");
+    }
+
+    #[test]
+    fn human_rendering() {
+        let host = build_host(&[view("b", "v2")], None);
+        let expect = "\
+● Booted image: quay.io/example/os:v2
+        Digest: sha256:bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb (amd64)
+       Version: v2 (2026-11-25T10:00:00Z)
+
+No rollback image is present
+";
+        assert_eq!(render_human(&host, false), expect);
+        let verbose = render_human(&host, true);
+        assert!(verbose.contains("Store: insecure (no fs-verity)"), "{verbose}");
+        assert!(verbose.contains("Bootloader: grub"), "{verbose}");
+    }
+
+    /// What `status --format json` prints validates against host-v1.
+    #[test]
+    fn status_json_validates_against_schema() {
+        let schema: serde_json::Value =
+            serde_json::from_str(include_str!("../../spec/src/fixtures/host-v1.schema.json"))
+                .unwrap();
+        let validator = jsonschema::options()
+            .should_validate_formats(true)
+            .build(&schema)
+            .unwrap();
+        let mut pinned = view("c", "v0");
+        pinned.pinned = true;
+        for host in [
+            build_host(&[], None),
+            build_host(&[view("b", "v2")], None),
+            build_host(&[view("b", "v2"), view("a", "v1"), pinned], Some(&view("a", "v1").id)),
+        ] {
+            let json = serde_json::to_value(&host).unwrap();
+            let errors: Vec<String> = validator
+                .iter_errors(&json)
+                .map(|e| format!("{e} at {}", e.instance_path))
+                .collect();
+            assert!(errors.is_empty(), "{json:#}: {errors:#?}");
+        }
+    }
+
+    #[test]
+    fn physical_root_choice() {
+        assert_eq!(
+            physical_root(Path::new("/mnt"), "composefs=abc"),
+            (PathBuf::from("/mnt"), None)
+        );
+        assert_eq!(physical_root(Path::new("/"), "quiet"), (PathBuf::from("/"), None));
+    }
 }
