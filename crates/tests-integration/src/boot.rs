@@ -3,10 +3,12 @@
 //! serial console that the installed deployment is what booted.
 //!
 //! The example image (`localhost/bootc-example:latest`, built by
-//! `examples/build.sh latest`) carries `bootc-status-console.service`, which
-//! prints `bootc status --format json` between `BOOTC-STATUS-BEGIN` and
-//! `BOOTC-STATUS-END` plus `findmnt` of `/` and `/usr` on the console, and
-//! powers off when the kernel command line has `bootc.test.poweroff=1`.
+//! `examples/build.sh latest`) carries `bootc-status-console.service`: once
+//! multi-user is reached it prints `bootc status --format json` between
+//! `BOOTC-STATUS-BEGIN` and `BOOTC-STATUS-END`, then marker lines
+//! (`BOOTC-FINDMNT-ROOT`, `BOOTC-FINDMNT-USR`, `BOOTC-USR-READONLY`,
+//! `BOOTC-CMDLINE`, ...) on the console, and powers off when the kernel
+//! command line has `bootc.test.poweroff=1`.
 //!
 //! Flow of each disk test:
 //! 1. [`install_to_disk`] (or partition + [`install_to_filesystem`]) onto a
@@ -489,36 +491,52 @@ fn check_boot(r: &Run, dep: &Deployment) -> Result<()> {
         diagnose(r)
     );
     let log = &r.log;
+    let marker = |m: &str| vm::marker_value(log, m);
+    let cmdline =
+        marker("BOOTC-CMDLINE").context("no BOOTC-CMDLINE line on the console (status unit)")?;
     ensure!(
-        log.contains(&format!("composefs={}", dep.id)),
-        "the kernel command line on the console does not select composefs={} (bootloader entry)",
+        cmdline
+            .split_whitespace()
+            .any(|a| a == format!("composefs={}", dep.id)),
+        "the guest's kernel command line does not select composefs={} (bootloader entry): {cmdline}",
         dep.id
     );
     ensure!(
         log.contains("Reached target multi-user.target") || log.contains("Multi-User System"),
-        "systemd did not reach multi-user.target (before the power-off)"
+        "systemd did not report reaching multi-user.target on the console"
     );
-    let mounts = vm::parse_findmnt(log);
-    let root = mounts
-        .iter()
-        .rev()
-        .find(|m| m.target == "/")
-        .with_context(|| {
-            format!("no findmnt row for / on the console (status unit): {mounts:?}")
-        })?;
+    let root_line = marker("BOOTC-FINDMNT-ROOT")
+        .context("no BOOTC-FINDMNT-ROOT line on the console (status unit)")?;
+    let root = vm::parse_findmnt_row(&root_line, false)
+        .with_context(|| format!("unexpected findmnt output for /: {root_line:?}"))?;
     ensure!(
         root.fstype == "overlay" || root.fstype == "composefs",
-        "/ is {} from {}, not the composefs overlay (initramfs)",
+        "/ is {} from {}, not the composefs overlay (initramfs): {root_line}",
         root.fstype,
         root.source
     );
-    // /usr is part of the / mount unless the unit printed it separately.
-    let usr = mounts
-        .iter()
-        .rev()
-        .find(|m| m.target == "/usr")
-        .unwrap_or(root);
-    ensure!(usr.is_readonly(), "/usr is not read-only: {usr:?}");
+    ensure!(
+        root.is_readonly(),
+        "/ is mounted read-write (initramfs): {root_line}"
+    );
+    let usr_line = marker("BOOTC-FINDMNT-USR")
+        .context("no BOOTC-FINDMNT-USR line on the console (status unit)")?;
+    let usr = vm::parse_findmnt_row(&usr_line, true)
+        .with_context(|| format!("unexpected findmnt output for /usr: {usr_line:?}"))?;
+    ensure!(
+        usr.is_readonly(),
+        "/usr is on a read-write mount (initramfs): {usr_line}"
+    );
+    ensure!(
+        marker("BOOTC-USR-READONLY").is_some() && marker("BOOTC-USR-WRITABLE").is_none(),
+        "writing to /usr in the guest did not fail (initramfs)"
+    );
+    if let Some(sysroot) = marker("BOOTC-FINDMNT-SYSROOT") {
+        println!("guest /sysroot: {sysroot}");
+    }
+    if let Some(rc) = marker("BOOTC-STATUS-FAILED") {
+        bail!("`bootc status --format json` failed in the guest ({rc}) (status side)");
+    }
     let status = r.status_json().context("status JSON (status side)")?;
     check_status(&status, dep)?;
     if !r.exited_cleanly() {
@@ -669,6 +687,7 @@ fn vm_boot_to_filesystem_bios(ctx: &Ctx) -> Result<()> {
     let _l = vm_lock();
     ensure_example_image()?;
     let disk = DiskFile::new()?;
+    let uuid;
     let dep = {
         let lo = LoopDev::attach(&disk.path, false, None, false)?;
         let mut sfdisk = Command::new("sfdisk")
@@ -691,6 +710,8 @@ fn vm_boot_to_filesystem_bios(ctx: &Ctx) -> Result<()> {
         run(Command::new("partx").args(["-a", &lo.dev]))?;
         let root_dev = lo.partition(2)?;
         run(Command::new("mkfs.ext4").args(["-q", "-O", "verity", "-L", "root", &root_dev]))?;
+        let out = run(Command::new("blkid").args(["-s", "UUID", "-o", "value", &root_dev]))?;
+        uuid = String::from_utf8_lossy(&out.stdout).trim().to_owned();
         let m = Mounted::new(&root_dev, "rw")?;
         let install = install_to_filesystem(ctx, m.path(), &[]);
         // Unmount (and detach) before reading or booting, whatever happened.
@@ -703,8 +724,16 @@ fn vm_boot_to_filesystem_bios(ctx: &Ctx) -> Result<()> {
         "installed deployment {} of {}:{} ({})",
         dep.id, dep.transport, dep.image, dep.manifest_digest
     );
-    boot_and_check(&disk.path, Firmware::Bios, &dep)
+    let r = boot_and_check(&disk.path, Firmware::Bios, &dep)
         .with_context(|| format!("deployment.json: {}", dep.json))?;
+    // The root= of the entry names the filesystem we made.
+    let cmdline = vm::marker_value(&r.log, "BOOTC-CMDLINE").unwrap_or_default();
+    ensure!(
+        cmdline
+            .split_whitespace()
+            .any(|a| a == format!("root=UUID={uuid}")),
+        "the entry's root= is not UUID={uuid} of the filesystem we made (install side): {cmdline}"
+    );
     drop(disk.dir);
     Ok(())
 }

@@ -10,8 +10,9 @@
 //!   pid) before it returns, so no process outlives a run. [`Vm::run_to_exit`]
 //!   waits for the guest to power off.
 //! - [`parse_status_json`] takes the `bootc status --format json` document
-//!   printed between [`STATUS_BEGIN`] and [`STATUS_END`] out of a serial log,
-//!   and [`parse_findmnt`] the `findmnt` tables printed beside it.
+//!   printed between [`STATUS_BEGIN`] and [`STATUS_END`] out of a serial log;
+//!   [`marker_value`] the text of other marker lines (`BOOTC-FINDMNT-ROOT ...`)
+//!   and [`parse_findmnt_row`] the `findmnt` output on them.
 //!
 //! qemu runs with `-no-reboot`: after a systemd guest reboots, the in-process
 //! firmware reset is slow or hangs under TCG, so a reboot ends the run and
@@ -760,16 +761,16 @@ pub fn parse_status_json(log: &str) -> Result<serde_json::Value> {
         .with_context(|| format!("Parsing the status JSON printed on the console:\n{text}"))
 }
 
-/// One row of a `findmnt` table.
+/// A mount as `findmnt -n -o [TARGET,]SOURCE,FSTYPE,OPTIONS` prints it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MountRow {
-    /// `TARGET`.
+    /// `TARGET` (empty if not printed).
     pub target: String,
-    /// `SOURCE` (empty if not printed).
+    /// `SOURCE` (empty if findmnt printed none).
     pub source: String,
-    /// `FSTYPE` (empty if not printed).
+    /// `FSTYPE`.
     pub fstype: String,
-    /// `OPTIONS` (empty if not printed).
+    /// `OPTIONS`.
     pub options: String,
 }
 
@@ -780,62 +781,41 @@ impl MountRow {
     }
 }
 
-/// The rows of every `findmnt` table (a header line with `TARGET` and at
-/// least one of `SOURCE`, `FSTYPE`, `OPTIONS`, then rows, whitespace
-/// separated, optionally behind a journald `IDENT[PID]: ` prefix) in a
-/// serial log, in order. Tree-drawing characters before a target are removed.
-pub fn parse_findmnt(log: &str) -> Vec<MountRow> {
-    let mut rows = Vec::new();
-    // Column names and the journald ident of the current table.
-    let mut table: Option<(Vec<String>, Option<String>)> = None;
-    for line in clean_lines(log) {
-        let (ident, body) = split_journal_prefix(&line);
-        let cols: Vec<&str> = body.split_whitespace().collect();
-        if cols.first() == Some(&"TARGET")
-            && cols
-                .iter()
-                .any(|c| matches!(*c, "SOURCE" | "FSTYPE" | "OPTIONS"))
-        {
-            table = Some((
-                cols.iter().map(|c| (*c).to_owned()).collect(),
-                ident.map(str::to_owned),
-            ));
-            continue;
+/// Parse one `findmnt -n -o SOURCE,FSTYPE,OPTIONS` line (with a leading
+/// `TARGET` column when `with_target`). findmnt pads an empty SOURCE with
+/// blanks, so the columns are taken from the right.
+pub fn parse_findmnt_row(text: &str, with_target: bool) -> Option<MountRow> {
+    let mut cols: Vec<&str> = text.split_whitespace().collect();
+    let options = cols.pop()?.to_owned();
+    let fstype = cols.pop()?.to_owned();
+    let target = if with_target {
+        if cols.is_empty() {
+            return None;
         }
-        let Some((names, tident)) = &table else {
-            continue;
-        };
-        if tident.as_deref() != ident {
-            // Another writer's line (a kernel message, another unit): it may
-            // interleave, it does not end the table.
-            continue;
-        }
-        let target = cols
-            .first()
-            .map(|t| t.trim_start_matches(['├', '└', '│', '─', '|', '`', '-']));
-        let Some(target) = target.filter(|t| t.starts_with('/')) else {
-            table = None;
-            continue;
-        };
-        if cols.len() != names.len() {
-            table = None;
-            continue;
-        }
-        let get = |name: &str| {
-            names
-                .iter()
-                .position(|n| n == name)
-                .map(|i| cols[i].to_owned())
-                .unwrap_or_default()
-        };
-        rows.push(MountRow {
-            target: target.to_owned(),
-            source: get("SOURCE"),
-            fstype: get("FSTYPE"),
-            options: get("OPTIONS"),
-        });
+        cols.remove(0).to_owned()
+    } else {
+        String::new()
+    };
+    if cols.len() > 1 {
+        return None;
     }
-    rows
+    Some(MountRow {
+        target,
+        source: cols.first().map(|s| (*s).to_owned()).unwrap_or_default(),
+        fstype,
+        options,
+    })
+}
+
+/// The text after `marker` on the last console line where `marker` stands
+/// as a word at the start of the message (after an optional journald
+/// `[ stamp] IDENT[PID]: ` prefix), trimmed; `Some("")` for a bare marker.
+pub fn marker_value(log: &str, marker: &str) -> Option<String> {
+    clean_lines(log).iter().rev().find_map(|line| {
+        let (_, body) = split_journal_prefix(line);
+        let rest = body.strip_prefix(marker)?;
+        (rest.is_empty() || rest.starts_with(' ')).then(|| rest.trim().to_owned())
+    })
 }
 
 /// Split a console line into its journald `IDENT[PID]:` (if the line is
@@ -1052,48 +1032,63 @@ mod tests {
     }
 
     #[test]
-    fn findmnt_tables() {
+    fn markers() {
         for log in [STATUS_RAW, STATUS_JOURNAL] {
-            let rows = parse_findmnt(log);
-            let root = rows.iter().find(|r| r.target == "/").expect("a / row");
-            assert_eq!(root.fstype, "overlay");
-            assert_eq!(root.source, "composefs");
+            let root = marker_value(log, "BOOTC-FINDMNT-ROOT").expect("root line");
+            let root = parse_findmnt_row(&root, false).expect("root row");
+            assert_eq!(
+                (root.source.as_str(), root.fstype.as_str()),
+                ("composefs", "overlay")
+            );
             assert!(root.is_readonly());
-            let usr = rows
-                .iter()
-                .find(|r| r.target == "/usr")
-                .expect("a /usr row");
+            let usr = marker_value(log, "BOOTC-FINDMNT-USR").expect("usr line");
+            let usr = parse_findmnt_row(&usr, true).expect("usr row");
+            assert_eq!(usr.target, "/");
             assert!(usr.is_readonly());
+            assert_eq!(marker_value(log, "BOOTC-USR-READONLY").as_deref(), Some(""));
+            assert_eq!(marker_value(log, "BOOTC-USR-WRITABLE"), None);
+            assert!(
+                marker_value(log, "BOOTC-CMDLINE")
+                    .unwrap()
+                    .contains("composefs=3f2a")
+            );
+            // A marker is a whole word: BOOTC-FINDMNT is no marker here.
+            assert_eq!(marker_value(log, "BOOTC-FINDMNT"), None);
         }
-        let log = "TARGET SOURCE FSTYPE OPTIONS\n/ /dev/vda3 ext4 rw,relatime\n├─/sysroot /dev/vda3 ext4 ro\nnot a row\n/x y z w\n";
-        assert_eq!(
-            parse_findmnt(log),
-            vec![
-                MountRow {
-                    target: "/".into(),
-                    source: "/dev/vda3".into(),
-                    fstype: "ext4".into(),
-                    options: "rw,relatime".into()
-                },
-                MountRow {
-                    target: "/sysroot".into(),
-                    source: "/dev/vda3".into(),
-                    fstype: "ext4".into(),
-                    options: "ro".into()
-                },
-            ]
-        );
-        // Columns in another order, fewer columns.
-        let log = "TARGET FSTYPE\r\n/usr overlay\r\n";
-        assert_eq!(
-            parse_findmnt(log),
-            vec![MountRow {
-                target: "/usr".into(),
-                source: String::new(),
-                fstype: "overlay".into(),
-                options: String::new()
-            }]
-        );
+    }
+
+    #[test]
+    fn findmnt_rows() {
+        // (target, source, fstype, options)
+        type Row<'a> = (&'a str, &'a str, &'a str, &'a str);
+        let table: &[(&str, bool, Option<Row>)] = &[
+            (
+                "composefs overlay ro,relatime",
+                false,
+                Some(("", "composefs", "overlay", "ro,relatime")),
+            ),
+            (
+                "/ composefs overlay ro",
+                true,
+                Some(("/", "composefs", "overlay", "ro")),
+            ),
+            // Empty SOURCE.
+            ("          tmpfs rw", false, Some(("", "", "tmpfs", "rw"))),
+            ("", false, None),
+            ("a b c d e", false, None),
+        ];
+        for (text, with_target, expect) in table {
+            let got = parse_findmnt_row(text, *with_target);
+            let got = got.as_ref().map(|r| {
+                (
+                    r.target.as_str(),
+                    r.source.as_str(),
+                    r.fstype.as_str(),
+                    r.options.as_str(),
+                )
+            });
+            assert_eq!(got, *expect, "{text:?}");
+        }
     }
 
     #[test]
