@@ -1,15 +1,18 @@
 #!/bin/bash
 # Build the example bootable container image (Debian bookworm, 6.12 backports
-# kernel, our bootc binary) into podman's default storage as
-# localhost/bootc-example:TAG.
+# kernel, our bootc binary and initramfs root setup) into podman's default
+# storage as localhost/bootc-example:TAG.
 #
 # Usage: examples/build.sh TAG [extra podman build args...]
 #
 # Environment:
 #   BOOTC_BIN     use this bootc binary instead of running
 #                 `cargo build --release -p bootc` in the workspace
-#   BOOTC_KEEP_DEBUG=1  copy the binary with its debug info (default: the
-#                 image gets a copy stripped with `strip --strip-debug`)
+#   BOOTC_INITRAMFS_SETUP_BIN  same for bootc-initramfs-setup (package
+#                 bootc-initramfs); both are built in one cargo run when
+#                 neither is given
+#   BOOTC_KEEP_DEBUG=1  copy the binaries with their debug info (default: the
+#                 image gets copies stripped with `strip --strip-debug`)
 #   DEBIAN_MIRROR override the Debian mirror URL (default: taken from the
 #                 host's apt sources)
 #   DEBIAN_SECURITY_MIRROR  same for the security archive (default: from the
@@ -169,28 +172,39 @@ else
     trap - EXIT
 fi
 
-# --- bootc binary ------------------------------------------------------------
+# --- bootc binaries ----------------------------------------------------------
 
-if [[ -n ${BOOTC_BIN:-} ]]; then
-    bootc_bin=$BOOTC_BIN
-else
-    (cd "$workspace" && cargo build --release -p bootc)
-    bootc_bin=${CARGO_TARGET_DIR:-$workspace/target}/release/bootc
+cargo_packages=()
+[[ -n ${BOOTC_BIN:-} ]] || cargo_packages+=(-p bootc)
+[[ -n ${BOOTC_INITRAMFS_SETUP_BIN:-} ]] || cargo_packages+=(-p bootc-initramfs)
+if [[ ${#cargo_packages[@]} -gt 0 ]]; then
+    (cd "$workspace" && cargo build --release "${cargo_packages[@]}")
 fi
+release_dir=${CARGO_TARGET_DIR:-$workspace/target}/release
+bootc_bin=${BOOTC_BIN:-$release_dir/bootc}
+setup_bin=${BOOTC_INITRAMFS_SETUP_BIN:-$release_dir/bootc-initramfs-setup}
 [[ -x $bootc_bin ]] || die "bootc binary not found or not executable: $bootc_bin"
+[[ -x $setup_bin ]] || die "bootc-initramfs-setup binary not found or not executable: $setup_bin"
 
 # --- Image -------------------------------------------------------------------
 
-# A small build context holding only the binary: the workspace (with its
-# multi-GB target/) must not be the context.
+# A small build context holding only the binaries and the dracut module: the
+# workspace (with its multi-GB target/) must not be the context.
 ctx=$(mktemp -d /var/tmp/bootc-example-ctx.XXXXXX)
 trap 'rm -rf "$ctx"' EXIT
 cp "$bootc_bin" "$ctx/bootc"
-# The release profile keeps line tables (~70 MB); the image gets the binary
+cp "$setup_bin" "$ctx/bootc-initramfs-setup"
+# The release profile keeps line tables (~70 MB); the image gets the binaries
 # without debug sections (symbols kept) unless BOOTC_KEEP_DEBUG=1.
 if [[ ${BOOTC_KEEP_DEBUG:-0} != 1 ]]; then
-    strip --strip-debug "$ctx/bootc"
+    strip --strip-debug "$ctx/bootc" "$ctx/bootc-initramfs-setup"
 fi
+cp -r "$workspace/contrib/dracut/50bootc" "$ctx/dracut-50bootc"
+# Normalised modes and times, so that podman's layer cache reuses the COPY
+# steps (and the initramfs built after them) when the content is unchanged.
+chmod 0755 "$ctx/dracut-50bootc" "$ctx/dracut-50bootc/module-setup.sh"
+chmod 0644 "$ctx/dracut-50bootc/bootc-initramfs-setup.service"
+find "$ctx" -exec touch -h -d @0 {} +
 
 podman build \
     --isolation=chroot \
