@@ -77,7 +77,6 @@ struct Pending<'p> {
 }
 
 /// Execute `plan` (see the module documentation for the order of operations).
-#[context("Setting up the mounts of deployment {}", plan.deployment)]
 pub fn execute(plan: &MountPlan, backing: ErofsBacking) -> Result<()> {
     for step in &plan.steps {
         if let Step::MakePrivate { path } = step {
@@ -192,7 +191,7 @@ fn clone_tree(source: &Path) -> Result<OwnedFd> {
 /// A detached, read-only mount of composefs image `image` of repository `repo`.
 ///
 /// fs-verity is required when the repository is in secure mode.
-#[context("Mounting composefs image {image} of {}", repo.display())]
+#[context("Mounting the composefs image from {}", repo.display())]
 pub fn mount_composefs(repo: &Path, image: &str, backing: ErofsBacking) -> Result<OwnedFd> {
     let repo = Repository::<Sha256HashValue>::open_path(CWD, repo)
         .with_context(|| format!("Opening composefs repository {}", repo.display()))?;
@@ -201,7 +200,10 @@ pub fn mount_composefs(repo: &Path, image: &str, backing: ErofsBacking) -> Resul
     }
     match repo.mount(image) {
         Ok(fd) => Ok(fd),
-        Err(e) if e.downcast_ref::<composefs::ImageNotFound>().is_some() => Err(e),
+        // composefs' own chain repeats the id several times; the caller's names it once.
+        Err(e) if e.downcast_ref::<composefs::ImageNotFound>().is_some() => {
+            bail!("the repository has no image with this id (images/{image})")
+        }
         Err(direct) => {
             eprintln!(
                 "bootc: mounting the EROFS image file failed ({direct:#}); trying a loop device"
