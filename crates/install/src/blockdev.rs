@@ -515,6 +515,10 @@ impl LoopDevice {
         .or_else(|_| run_output(Command::new("losetup").args(["--find", "--show"]).arg(file)))?;
         let path = PathBuf::from(out.trim());
         tracing::debug!("attached {} to {}", file.display(), path.display());
+        // Partitions the kernel still lists for this loop device were added
+        // for a previous backing file (partx entries outlive a detach); the
+        // file's own content is judged by probing it.
+        let _ = Command::new("partx").arg("-d").arg(&path).output();
         Ok(Self { path: Some(path) })
     }
 

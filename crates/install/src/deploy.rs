@@ -366,10 +366,11 @@ pub fn deploy(
     })
 }
 
-/// A path that reads the open file `f` (for tools that take paths).
+/// A path that reads the open file `f` (for tools that take paths): our
+/// fds are close-on-exec, so a child reads it through our `/proc/<pid>`.
 fn fd_path(f: &std::fs::File) -> PathBuf {
     use std::os::fd::AsRawFd;
-    PathBuf::from(format!("/proc/self/fd/{}", f.as_raw_fd()))
+    PathBuf::from(format!("/proc/{}/fd/{}", std::process::id(), f.as_raw_fd()))
 }
 
 #[context("Adding root's SSH keys from {}", keys.display())]
