@@ -52,7 +52,13 @@ pub const TESTS: &[(&str, TestFn)] = &[
 static VM_LOCK: Mutex<()> = Mutex::new(());
 
 /// The image every disk test installs.
+/// (`BOOTC_TEST_IMAGE` overrides it, e.g. to try a freshly built tag.)
 const IMAGE: &str = "localhost/bootc-example:latest";
+
+/// The image under test: `$BOOTC_TEST_IMAGE`, else [`IMAGE`].
+fn image() -> String {
+    std::env::var("BOOTC_TEST_IMAGE").unwrap_or_else(|_| IMAGE.to_owned())
+}
 
 /// Size of the sparse disk image files.
 const DISK_SIZE: u64 = 6 << 30;
@@ -96,7 +102,8 @@ macro_rules! skip_without_qemu {
 /// The example image's kernel, copied out of podman's storage.
 fn example_kernel(dest: &Path) -> Result<PathBuf> {
     ensure_example_image()?;
-    let out = run(Command::new("podman").args(["image", "mount", IMAGE]))?;
+    let image = image();
+    let out = run(Command::new("podman").args(["image", "mount", &image]))?;
     let mnt = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
     let result = (|| {
         let modules = mnt.join("usr/lib/modules");
@@ -109,24 +116,25 @@ fn example_kernel(dest: &Path) -> Result<PathBuf> {
         }
         ensure!(
             kernels.len() == 1,
-            "expected one kernel in {IMAGE}, found {kernels:?}"
+            "expected one kernel in {image}, found {kernels:?}"
         );
         let k = dest.join("vmlinuz");
         fs::copy(&kernels[0], &k).with_context(|| format!("Copying {}", kernels[0].display()))?;
         Ok(k)
     })();
-    run(Command::new("podman").args(["image", "unmount", IMAGE]))?;
+    run(Command::new("podman").args(["image", "unmount", &image]))?;
     result
 }
 
 fn ensure_example_image() -> Result<()> {
     let st = Command::new("podman")
-        .args(["image", "exists", IMAGE])
+        .args(["image", "exists", &image()])
         .status()
         .context("Running podman image exists")?;
     ensure!(
         st.success(),
-        "{IMAGE} is not in podman's storage: run `examples/build.sh latest` first"
+        "{} is not in podman's storage: run `examples/build.sh latest` first",
+        image()
     );
     Ok(())
 }
@@ -367,7 +375,7 @@ fn install_to_disk(ctx: &Ctx, disk: &Path, bootloader: &str) -> Result<Duration>
             "to-disk",
             "--via-loopback",
             "--source-imgref",
-            &format!("containers-storage:{IMAGE}"),
+            &format!("containers-storage:{}", image()),
             "--bootloader",
             bootloader,
             "--karg",
@@ -379,7 +387,7 @@ fn install_to_disk(ctx: &Ctx, disk: &Path, bootloader: &str) -> Result<Duration>
 
 fn install_to_filesystem(ctx: &Ctx, root: &Path, extra: &[&str]) -> Result<Duration> {
     let root = root.to_str().context("root path not UTF-8")?;
-    let src = format!("containers-storage:{IMAGE}");
+    let src = format!("containers-storage:{}", image());
     let mut args = vec![
         "to-filesystem",
         "--source-imgref",
@@ -466,6 +474,26 @@ fn read_deployment_in(sysroot: &Path) -> Result<Deployment> {
         id,
         json: json.clone(),
     })
+}
+
+/// The deployment's manifest digest is the one podman reports for the
+/// source image (nothing re-encoded the manifest on the way).
+fn check_podman_digest(dep: &Deployment) -> Result<()> {
+    let out = run(Command::new("podman").args([
+        "image",
+        "inspect",
+        "--format",
+        "{{.Digest}}",
+        &image(),
+    ]))?;
+    let podman = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    ensure!(
+        podman == dep.manifest_digest,
+        "install recorded manifest digest {}, podman has {podman} for {} (install side)",
+        dep.manifest_digest,
+        image()
+    );
+    Ok(())
 }
 
 // --- Boot and check -----------------------------------------------------------
@@ -555,24 +583,25 @@ fn check_status(status: &Value, dep: &Deployment) -> Result<()> {
         !booted.is_null(),
         "status.booted is null (status side): {status}"
     );
-    let image = &booted["image"];
+    let img = &booted["image"];
     ensure!(
-        image["image"]["image"] == dep.image.as_str()
-            && image["image"]["transport"] == dep.transport.as_str(),
+        img["image"]["image"] == dep.image.as_str()
+            && img["image"]["transport"] == dep.transport.as_str(),
         "status.booted.image.image is {}, install recorded {}:{} (status side)",
-        image["image"],
+        img["image"],
         dep.transport,
         dep.image
     );
     ensure!(
-        dep.image.ends_with(IMAGE),
-        "install recorded image {} for source {IMAGE} (install side)",
-        dep.image
+        dep.image.ends_with(&image()),
+        "install recorded image {} for source {} (install side)",
+        dep.image,
+        image()
     );
     ensure!(
-        image["imageDigest"] == dep.manifest_digest.as_str(),
+        img["imageDigest"] == dep.manifest_digest.as_str(),
         "status.booted.image.imageDigest is {}, install recorded {} (status side)",
-        image["imageDigest"],
+        img["imageDigest"],
         dep.manifest_digest
     );
     Ok(())
@@ -655,6 +684,7 @@ fn disk_test(ctx: &Ctx, firmware: Firmware, bootloader: &str) -> Result<()> {
         "installed deployment {} of {}:{} ({})",
         dep.id, dep.transport, dep.image, dep.manifest_digest
     );
+    check_podman_digest(&dep)?;
     let parts = partitions(&disk.path)?;
     if bootloader == "grub" {
         ensure!(
@@ -691,7 +721,15 @@ fn vm_boot_to_filesystem_bios(ctx: &Ctx) -> Result<()> {
     let dep = {
         let lo = LoopDev::attach(&disk.path, false, None, false)?;
         let mut sfdisk = Command::new("sfdisk")
-            .args(["--quiet", "--wipe", "always", &lo.dev])
+            // This host's kernel does not scan partitions: partx -a below.
+            .args([
+                "--quiet",
+                "--wipe",
+                "always",
+                "--no-reread",
+                "--no-tell-kernel",
+                &lo.dev,
+            ])
             .stdin(Stdio::piped())
             .spawn()
             .context("Running sfdisk")?;
@@ -724,6 +762,7 @@ fn vm_boot_to_filesystem_bios(ctx: &Ctx) -> Result<()> {
         "installed deployment {} of {}:{} ({})",
         dep.id, dep.transport, dep.image, dep.manifest_digest
     );
+    check_podman_digest(&dep)?;
     let r = boot_and_check(&disk.path, Firmware::Bios, &dep)
         .with_context(|| format!("deployment.json: {}", dep.json))?;
     // The root= of the entry names the filesystem we made.

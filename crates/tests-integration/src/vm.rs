@@ -671,21 +671,21 @@ fn is_console_status(line: &str) -> bool {
         .is_some_and(|c| c.is_ascii_uppercase())
 }
 
-/// The journald console prefix `IDENT[PID]: ` ending `prefix` (what stands
-/// before the begin marker on its line), after an optional kernel-style
-/// timestamp.
+/// The identifier of a journald console prefix `IDENT[PID]: ` ending
+/// `prefix` (what stands before a message on its line), after an optional
+/// kernel-style timestamp. The PID is not part of it: the lines of one unit
+/// carry the PID of whichever of its processes wrote them.
 fn journal_ident(prefix: &str) -> Option<&str> {
-    let p = match kernel_stamp_len(prefix) {
-        Some(n) => &prefix[n..],
+    let p = match find_kernel_stamp(prefix) {
+        Some(i) => &prefix[i + kernel_stamp_len(&prefix[i..])?..],
         None => prefix,
     };
-    let ident = p.trim_start();
-    // IDENT[PID]:<space>
-    let body = ident.strip_suffix("]: ")?;
+    // IDENT[PID]:<space>, IDENT without blanks.
+    let body = p.trim_start().strip_suffix("]: ")?;
     let open = body.rfind('[')?;
     let (name, pid) = (&body[..open], &body[open + 1..]);
-    (!name.is_empty() && !pid.is_empty() && pid.chars().all(|c| c.is_ascii_digit()))
-        .then_some(ident)
+    let name = name.rsplit(' ').next()?;
+    (!name.is_empty() && !pid.is_empty() && pid.chars().all(|c| c.is_ascii_digit())).then_some(name)
 }
 
 /// The lines of the serial log, CR and ANSI sequences removed.
@@ -702,7 +702,8 @@ fn clean_lines(log: &str) -> Vec<String> {
 ///   ANSI escapes;
 /// - if the begin marker has a journald prefix (`[ 12.345678] IDENT[PID]: `,
 ///   as `StandardOutput=journal+console` prints), only lines with the same
-///   prefix count, with the prefix removed;
+///   IDENT count (any PID: the unit's child processes have their own), with
+///   the prefix removed;
 /// - otherwise kernel messages (`[ 12.345678] ...`) and systemd status
 ///   lines are dropped, and a line cut by a kernel message in its middle is
 ///   joined with the line that continues it.
@@ -726,8 +727,8 @@ pub fn parse_block(log: &str, begin: &str, end: &str) -> Option<String> {
     let mut out: Vec<String> = Vec::new();
     if let Some(ident) = journal_ident(prefix) {
         for l in &lines[b + 1..e] {
-            if let Some(pos) = l.find(ident) {
-                out.push(l[pos + ident.len()..].to_owned());
+            if let Some((_, body)) = messages(l).find(|(i, _)| *i == Some(ident)) {
+                out.push(body.to_owned());
             }
         }
         return Some(out.join("\n"));
@@ -812,13 +813,14 @@ pub fn parse_findmnt_row(text: &str, with_target: bool) -> Option<MountRow> {
 /// `[ stamp] IDENT[PID]: ` prefix), trimmed; `Some("")` for a bare marker.
 pub fn marker_value(log: &str, marker: &str) -> Option<String> {
     clean_lines(log).iter().rev().find_map(|line| {
-        let (_, body) = split_journal_prefix(line);
-        let rest = body.strip_prefix(marker)?;
-        (rest.is_empty() || rest.starts_with(' ')).then(|| rest.trim().to_owned())
+        messages(line).find_map(|(_, body)| {
+            let rest = body.strip_prefix(marker)?;
+            (rest.is_empty() || rest.starts_with(' ')).then(|| rest.trim().to_owned())
+        })
     })
 }
 
-/// Split a console line into its journald `IDENT[PID]:` (if the line is
+/// Split a console line into its journald `IDENT` (if the line is
 /// `[ stamp] IDENT[PID]: text` or `IDENT[PID]: text`) and the text.
 fn split_journal_prefix(line: &str) -> (Option<&str>, &str) {
     let start = kernel_stamp_len(line).unwrap_or(0);
@@ -830,6 +832,17 @@ fn split_journal_prefix(line: &str) -> (Option<&str>, &str) {
         }
     }
     (None, rest)
+}
+
+/// The ways to read a console line as one message: as it is, and from
+/// after each kernel timestamp in it (other output, such as a getty's
+/// `login: ` prompt, may stand before a message on the same line).
+fn messages(line: &str) -> impl Iterator<Item = (Option<&str>, &str)> {
+    let starts = std::iter::once(0).chain(
+        line.match_indices('[')
+            .filter_map(|(i, _)| kernel_stamp_len(&line[i..]).map(|n| i + n)),
+    );
+    starts.map(|i| split_journal_prefix(&line[i..]))
 }
 
 // --- Disk images ---------------------------------------------------------------
@@ -952,6 +965,8 @@ mod tests {
 
     const STATUS_RAW: &str = include_str!("fixtures/serial-status-raw.log");
     const STATUS_JOURNAL: &str = include_str!("fixtures/serial-status-journal.log");
+    /// An excerpt of a real boot of the example image (to-filesystem, GRUB).
+    const STATUS_VM: &str = include_str!("fixtures/serial-status-vm.log");
 
     fn check_block(log: &str, expect: Option<&str>) {
         assert_eq!(
@@ -990,8 +1005,13 @@ mod tests {
             ),
             // journald-forwarded lines keep only the same IDENT[PID].
             (
-                "[   25.000000] bootc-status[301]: BOOTC-STATUS-BEGIN\n[   25.000001] bootc-status[301]: {\n[   25.000002] systemd[1]: Started x.\n[   25.000003] kernel: foo\n[   25.000004] bootc-status[301]:   \"a\": 1\n[   25.000005] bootc-status[301]: }\n[   25.000006] bootc-status[301]: BOOTC-STATUS-END\n",
+                "[   25.000000] bootc-status[301]: BOOTC-STATUS-BEGIN\n[   25.000001] bootc-status[302]: {\n[   25.000002] systemd[1]: Started x.\n[   25.000003] kernel: foo\n[   25.000004] bootc-status[301]:   \"a\": 1\n[   25.000005] bootc-status[301]: }\n[   25.000006] bootc-status[301]: BOOTC-STATUS-END\n",
                 Some("{\n  \"a\": 1\n}"),
+            ),
+            // A getty prompt in front of a line; the PID of a child process.
+            (
+                "[   25.000000] bootc-status[301]: BOOTC-STATUS-BEGIN\nvm login: [   25.000001] bootc-status[305]: {}\n[   25.000006] bootc-status[301]: BOOTC-STATUS-END\n",
+                Some("{}"),
             ),
             // Same without timestamps.
             (
@@ -1018,6 +1038,38 @@ mod tests {
                 "sha256:0b2d4f3c1e7a9b8d6c5f4e3a2b1c0d9e8f7a6b5c4d3e2f1a0b9c8d7e6f5a4b3c"
             );
         }
+    }
+
+    #[test]
+    fn real_vm_log() {
+        let v = parse_status_json(STATUS_VM).unwrap();
+        let booted = &v["status"]["booted"];
+        assert_eq!(
+            booted["image"]["image"]["image"],
+            "localhost/bootc-example:vmtest"
+        );
+        assert_eq!(
+            booted["image"]["imageDigest"],
+            "sha256:3172e094a102fc751c2fbb4f267313202d151f521e9364159bf36e272d930067"
+        );
+        let root = parse_findmnt_row(
+            &marker_value(STATUS_VM, "BOOTC-FINDMNT-ROOT").unwrap(),
+            false,
+        )
+        .unwrap();
+        assert_eq!(root.fstype, "overlay");
+        assert!(root.source.starts_with("composefs:6c42f9f0"), "{root:?}");
+        assert!(root.is_readonly());
+        let usr = parse_findmnt_row(&marker_value(STATUS_VM, "BOOTC-FINDMNT-USR").unwrap(), true)
+            .unwrap();
+        assert!(usr.target == "/" && usr.is_readonly(), "{usr:?}");
+        assert_eq!(
+            marker_value(STATUS_VM, "BOOTC-USR-READONLY").as_deref(),
+            Some("")
+        );
+        assert!(marker_value(STATUS_VM, "BOOTC-CMDLINE").unwrap().contains(
+            "composefs=6c42f9f03138d3761bea396a67c678f50b6133531bb4045612b619ead7cc2973"
+        ));
     }
 
     #[test]
