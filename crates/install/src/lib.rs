@@ -188,7 +188,7 @@ pub async fn to_disk(
         && want != fs
     {
         eprintln!(
-            "The image's install configuration asks for a {want} root filesystem; re-creating it"
+            "The image's install configuration asks for root filesystem type {want}; re-creating the root filesystem"
         );
         drop(fetched);
         root.unmount()?;
