@@ -231,6 +231,11 @@ pub fn create_deployment(
         verity: store.verity_mode().into(),
         created: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
     };
+    // Keep the image alive for as long as the deployment exists, even when
+    // its name is moved to a newer image by an upgrade.
+    let digest: bootc_store::OciDigest = std::str::FromStr::from_str(&image.manifest_digest)
+        .with_context(|| format!("Parsing digest {}", image.manifest_digest))?;
+    store.tag(&digest, &crate::lifecycle::deployment_tag(dep.id()))?;
     write_deployment(store.sysroot(), tree, &dep)?;
     Ok(dep)
 }

@@ -5,6 +5,8 @@
 //!   following its symlinks out of it.
 //! - [`cmdline`]: the kernel command line and the `composefs=<ID>` selector.
 //! - [`copy`]: copying a system tree with owners, modes, xattrs and links.
+//! - [`lifecycle`]: `state/staged.json`, pins, and the pure update decisions
+//!   (kernel arguments, boot order, pruning).
 //!
 //! **Architecture invariant**: this crate knows the layout of the physical root
 //! filesystem (below) but nothing about bootloaders or partitions.
@@ -18,12 +20,15 @@
 //! <sysroot>/state/deploy/<ID>/etc/      the deployment's writable /etc
 //! <sysroot>/state/deploy/<ID>/deployment.json   the record ([`Deployment`])
 //! <sysroot>/state/os/<STATEROOT>/var/   the /var shared by the stateroot's deployments
+//! <sysroot>/state/staged.json           the staged deployment, not yet in the boot entries
+//! <sysroot>/state/deploy/<ID>/pinned    marker: never prune this deployment
 //! ```
 
 pub mod cmdline;
 pub mod copy;
 pub mod deployment;
 pub mod image;
+pub mod lifecycle;
 
 use std::path::{Path, PathBuf};
 

@@ -1,0 +1,374 @@
+//! The lifecycle state of a sysroot beside its deployments: the staged
+//! deployment (`state/staged.json`), pins (`state/deploy/<ID>/pinned`),
+//! and the pure decisions of an update: the new kernel arguments and which
+//! deployments to prune.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use fn_error_context::context;
+use serde::{Deserialize, Serialize};
+
+/// The staged-deployment marker, relative to the sysroot.
+pub const STAGED_JSON: &str = "state/staged.json";
+
+/// The pin marker's file name in a deployment directory.
+pub const PINNED: &str = "pinned";
+
+/// `state/staged.json`: a deployment that is ready but not yet in the boot
+/// entries.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Staged {
+    /// The staged deployment's id.
+    pub id: String,
+    /// Whether it must not be finalized until asked (upstream's
+    /// `--download-only`).
+    #[serde(default)]
+    pub download_only: bool,
+    /// When it was staged (RFC 3339, UTC).
+    pub staged_at: String,
+}
+
+/// The path of `state/staged.json` in `sysroot`.
+pub fn staged_path(sysroot: &Path) -> PathBuf {
+    sysroot.join(STAGED_JSON)
+}
+
+/// The staged deployment of `sysroot`, if any.
+#[context("Reading the staged deployment of {}", sysroot.display())]
+pub fn read_staged(sysroot: &Path) -> Result<Option<Staged>> {
+    let p = staged_path(sysroot);
+    let text = match std::fs::read_to_string(&p) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e).with_context(|| format!("Reading {}", p.display())),
+    };
+    let s: Staged =
+        serde_json::from_str(&text).with_context(|| format!("Parsing {}", p.display()))?;
+    anyhow::ensure!(
+        crate::cmdline::is_valid_id(&s.id),
+        "{} names an invalid deployment id {:?}",
+        p.display(),
+        s.id
+    );
+    Ok(Some(s))
+}
+
+/// Write `state/staged.json` atomically (temporary file, fsync, rename).
+#[context("Writing {}", staged_path(sysroot).display())]
+pub fn write_staged(sysroot: &Path, staged: &Staged) -> Result<()> {
+    use cap_std_ext::cap_std::{ambient_authority, fs::Dir};
+    use cap_std_ext::dirext::CapStdExtDirExt;
+    let dir = sysroot.join("state");
+    std::fs::create_dir_all(&dir).with_context(|| format!("Creating {}", dir.display()))?;
+    let d = Dir::open_ambient_dir(&dir, ambient_authority())?;
+    let mut json = serde_json::to_string_pretty(staged).expect("plain struct serialises");
+    json.push('\n');
+    d.atomic_write("staged.json", json)?;
+    crate::fsync_dir(&dir)
+}
+
+/// Remove `state/staged.json` (no error when absent).
+#[context("Removing {}", staged_path(sysroot).display())]
+pub fn remove_staged(sysroot: &Path) -> Result<()> {
+    match std::fs::remove_file(staged_path(sysroot)) {
+        Ok(()) => crate::fsync_dir(&sysroot.join("state")),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Whether deployment `id` is pinned (kept by pruning).
+pub fn is_pinned(sysroot: &Path, id: &str) -> bool {
+    crate::deployment::deployment_dir(sysroot, id)
+        .join(PINNED)
+        .exists()
+}
+
+/// The store tag that keeps deployment `id`'s image (manifest, config and
+/// layers) alive while the deployment exists, whatever its image name
+/// points at later.
+pub fn deployment_tag(id: &str) -> String {
+    format!("deployment:{id}")
+}
+
+/// Delete the directory of deployment `id`: renamed to a `.tmp-` name first
+/// so a crash never leaves a half-deleted deployment under its real name.
+#[context("Removing deployment {id}")]
+pub fn remove_deployment_dir(sysroot: &Path, id: &str) -> Result<()> {
+    anyhow::ensure!(
+        crate::cmdline::is_valid_id(id),
+        "invalid deployment id {id:?}"
+    );
+    let parent = crate::deployment::deploy_dir(sysroot);
+    let dir = parent.join(id);
+    if dir.symlink_metadata().is_err() {
+        return Ok(());
+    }
+    let tmp = parent.join(format!(".tmp-rm-{id}"));
+    if tmp.symlink_metadata().is_ok() {
+        std::fs::remove_dir_all(&tmp)
+            .with_context(|| format!("Removing stale {}", tmp.display()))?;
+    }
+    std::fs::rename(&dir, &tmp)
+        .with_context(|| format!("Renaming {} to {}", dir.display(), tmp.display()))?;
+    crate::fsync_dir(&parent)?;
+    std::fs::remove_dir_all(&tmp).with_context(|| format!("Removing {}", tmp.display()))
+}
+
+/// The kernel arguments of a deployment made from an update of `base`:
+///
+/// - `composefs=` names `new_id`;
+/// - each argument of the old image's kargs.d that the new image's kargs.d
+///   no longer has is removed (one occurrence each);
+/// - each argument the new image's kargs.d added is appended;
+/// - everything else (`root=`, install-time and local arguments) is kept in
+///   its place.
+pub fn update_kargs(
+    base: &[String],
+    old_kargs_d: &[String],
+    new_kargs_d: &[String],
+    new_id: &str,
+) -> Vec<String> {
+    let removed = multiset_minus(old_kargs_d, new_kargs_d);
+    let added = multiset_minus(new_kargs_d, old_kargs_d);
+    let mut out: Vec<String> = Vec::with_capacity(base.len() + added.len());
+    let mut to_remove = removed;
+    for a in base {
+        if let Some(pos) = to_remove.iter().position(|r| r == a) {
+            to_remove.remove(pos);
+            continue;
+        }
+        if a.starts_with(&format!("{}=", crate::cmdline::DEPLOYMENT_KARG)) {
+            out.push(format!("{}={new_id}", crate::cmdline::DEPLOYMENT_KARG));
+        } else {
+            out.push(a.clone());
+        }
+    }
+    if !out
+        .iter()
+        .any(|a| a.starts_with(&format!("{}=", crate::cmdline::DEPLOYMENT_KARG)))
+    {
+        out.push(format!("{}={new_id}", crate::cmdline::DEPLOYMENT_KARG));
+    }
+    out.extend(added);
+    out
+}
+
+/// `a` minus `b`, as multisets, in the order of `a`.
+fn multiset_minus(a: &[String], b: &[String]) -> Vec<String> {
+    let mut rest: Vec<&String> = b.iter().collect();
+    a.iter()
+        .filter(|x| match rest.iter().position(|r| r == x) {
+            Some(p) => {
+                rest.remove(p);
+                false
+            }
+            None => true,
+        })
+        .cloned()
+        .collect()
+}
+
+/// The boot order after finalizing `new`: `new` first, then the booted
+/// deployment (the rollback), then the rest of `order` (default first) as
+/// it was.
+pub fn order_after_finalize(order: &[String], new: &str, booted: &str) -> Vec<String> {
+    let mut out = vec![new.to_owned()];
+    if booted != new {
+        out.push(booted.to_owned());
+    }
+    out.extend(
+        order
+            .iter()
+            .filter(|id| id.as_str() != new && id.as_str() != booted)
+            .cloned(),
+    );
+    out
+}
+
+/// The boot order after a rollback: the first two swapped.
+pub fn order_after_rollback(order: &[String]) -> Option<Vec<String>> {
+    if order.len() < 2 {
+        return None;
+    }
+    let mut out = order.to_vec();
+    out.swap(0, 1);
+    Some(out)
+}
+
+/// What pruning keeps and removes, given the boot order (default first),
+/// the booted deployment (`None` offline), the staged one, the pinned ones
+/// and every deployment present.
+///
+/// Kept: the default and the rollback (the first two in `order`), the
+/// booted and the staged deployments, and pinned ones (which stay in the
+/// boot entries). Returns (new boot order, deployments to remove).
+pub fn select_prune(
+    order: &[String],
+    booted: Option<&str>,
+    staged: Option<&str>,
+    pinned: &BTreeSet<String>,
+    present: &BTreeSet<String>,
+) -> (Vec<String>, Vec<String>) {
+    let mut keep_order = Vec::new();
+    for (i, id) in order.iter().enumerate() {
+        if !present.contains(id) {
+            continue;
+        }
+        if i < 2 || Some(id.as_str()) == booted || pinned.contains(id) {
+            keep_order.push(id.clone());
+        }
+    }
+    let remove = present
+        .iter()
+        .filter(|id| {
+            !keep_order.contains(id) && Some(id.as_str()) != staged && Some(id.as_str()) != booted
+        })
+        .cloned()
+        .collect();
+    (keep_order, remove)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn s(v: &[&str]) -> Vec<String> {
+        v.iter().map(|x| x.to_string()).collect()
+    }
+
+    #[test]
+    fn kargs_table() {
+        // (base, old kargs.d, new kargs.d, expected)
+        let cases: &[(&[&str], &[&str], &[&str], &[&str])] = &[
+            // unchanged kargs.d: only composefs= changes
+            (
+                &["root=UUID=u", "rw", "composefs=old", "console=ttyS0", "x=1"],
+                &["console=ttyS0"],
+                &["console=ttyS0"],
+                &["root=UUID=u", "rw", "composefs=new", "console=ttyS0", "x=1"],
+            ),
+            // added and removed
+            (
+                &["rw", "composefs=old", "a", "quiet", "local"],
+                &["a", "quiet"],
+                &["a", "b=2"],
+                &["rw", "composefs=new", "a", "local", "b=2"],
+            ),
+            // a local copy of a removed kargs.d arg: one occurrence goes
+            (
+                &["composefs=old", "quiet", "quiet"],
+                &["quiet"],
+                &[],
+                &["composefs=new", "quiet"],
+            ),
+            // no composefs= in the base: added
+            (&["rw"], &[], &["n"], &["rw", "composefs=new", "n"]),
+            // removed arg absent from base (admin deleted it): nothing to do
+            (
+                &["composefs=old"],
+                &["gone"],
+                &["gone2"],
+                &["composefs=new", "gone2"],
+            ),
+        ];
+        for (base, old, new, expect) in cases {
+            assert_eq!(
+                update_kargs(&s(base), &s(old), &s(new), "new"),
+                s(expect),
+                "{base:?} {old:?} {new:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn order_table() {
+        let cases: &[(&[&str], &str, &str, &[&str])] = &[
+            (&["a"], "b", "a", &["b", "a"]),
+            (&["a", "z"], "b", "a", &["b", "a", "z"]),
+            // booted from the rollback entry: booted becomes rollback
+            (&["a", "z"], "b", "z", &["b", "z", "a"]),
+            (&[], "b", "b", &["b"]),
+        ];
+        for (order, new, booted, expect) in cases {
+            assert_eq!(
+                order_after_finalize(&s(order), new, booted),
+                s(expect),
+                "{order:?}"
+            );
+        }
+        assert_eq!(order_after_rollback(&s(&["a"])), None);
+        assert_eq!(
+            order_after_rollback(&s(&["a", "b", "c"])),
+            Some(s(&["b", "a", "c"]))
+        );
+    }
+
+    #[test]
+    fn prune_table() {
+        let set = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<BTreeSet<_>>();
+        // (order, booted, staged, pinned, present, expected order, removed)
+        type Case<'a> = (
+            &'a [&'a str],
+            Option<&'a str>,
+            Option<&'a str>,
+            &'a [&'a str],
+            &'a [&'a str],
+            &'a [&'a str],
+            &'a [&'a str],
+        );
+        let cases: &[Case] = &[
+            (&["n", "b", "o"], Some("b"), None, &[], &["n", "b", "o"], &["n", "b"], &["o"]),
+            (&["n", "b", "o"], Some("b"), None, &["o"], &["n", "b", "o"], &["n", "b", "o"], &[]),
+            // offline: no booted
+            (&["n", "b", "o", "p"], None, None, &[], &["n", "b", "o", "p"], &["n", "b"], &["o", "p"]),
+            // booted is third (after a rollback and an update): kept
+            (&["n", "r", "b"], Some("b"), None, &[], &["n", "r", "b"], &["n", "r", "b"], &[]),
+            // staged is not in the order but kept; an orphan dir is removed
+            (&["a", "b"], Some("a"), Some("s"), &[], &["a", "b", "s", "x"], &["a", "b"], &["x"]),
+            // entries naming a missing deployment are dropped
+            (&["gone", "a"], Some("a"), None, &[], &["a"], &["a"], &[]),
+        ];
+        for (order, booted, staged, pinned, present, eorder, eremove) in cases {
+            let (o, r) = select_prune(&s(order), *booted, *staged, &set(pinned), &set(present));
+            assert_eq!((o, r), (s(eorder), s(eremove)), "{order:?} {booted:?}");
+        }
+    }
+
+    #[test]
+    fn staged_round_trip() {
+        let td = tempfile::tempdir().unwrap();
+        assert_eq!(read_staged(td.path()).unwrap(), None);
+        let st = Staged {
+            id: "ab".repeat(32),
+            download_only: false,
+            staged_at: "2026-01-01T00:00:00Z".into(),
+        };
+        write_staged(td.path(), &st).unwrap();
+        let text = std::fs::read_to_string(staged_path(td.path())).unwrap();
+        assert!(text.contains("\"downloadOnly\": false"), "{text}");
+        assert!(text.contains("\"stagedAt\""), "{text}");
+        assert_eq!(read_staged(td.path()).unwrap(), Some(st));
+        remove_staged(td.path()).unwrap();
+        remove_staged(td.path()).unwrap();
+        assert_eq!(read_staged(td.path()).unwrap(), None);
+    }
+
+    #[test]
+    fn removes_deployment_dirs() {
+        let td = tempfile::tempdir().unwrap();
+        let id = "cd".repeat(32);
+        let dir = crate::deployment::deployment_dir(td.path(), &id);
+        std::fs::create_dir_all(dir.join("etc")).unwrap();
+        assert!(!is_pinned(td.path(), &id));
+        std::fs::write(dir.join(PINNED), "").unwrap();
+        assert!(is_pinned(td.path(), &id));
+        remove_deployment_dir(td.path(), &id).unwrap();
+        assert!(!dir.exists());
+        remove_deployment_dir(td.path(), &id).unwrap();
+        assert!(remove_deployment_dir(td.path(), "../x").is_err());
+    }
+}
