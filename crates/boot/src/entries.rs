@@ -151,6 +151,50 @@ pub fn install_boot_files(
     Ok(())
 }
 
+/// Remove `boot_dir/bootc/<ID>/` (renamed aside first, so a crash never
+/// leaves a half-deleted kernel directory under its real name).
+#[context("Removing the kernel of deployment {id} from {}", boot_dir.display())]
+pub fn remove_boot_files(boot_dir: &Path, id: &str) -> Result<()> {
+    anyhow::ensure!(
+        !id.is_empty() && id.bytes().all(|b| b.is_ascii_alphanumeric()),
+        "invalid deployment id {id:?}"
+    );
+    let parent = boot_dir.join(BOOT_FILES_DIR);
+    let dir = parent.join(id);
+    if dir.symlink_metadata().is_err() {
+        return Ok(());
+    }
+    let tmp = parent.join(format!(".tmp-rm-{id}"));
+    if tmp.symlink_metadata().is_ok() {
+        std::fs::remove_dir_all(&tmp)
+            .with_context(|| format!("Removing stale {}", tmp.display()))?;
+    }
+    std::fs::rename(&dir, &tmp)
+        .with_context(|| format!("Renaming {} to {}", dir.display(), tmp.display()))?;
+    std::fs::remove_dir_all(&tmp).with_context(|| format!("Removing {}", tmp.display()))
+}
+
+/// The entries in boot order: the default (highest `version`) first.
+pub fn boot_order(mut entries: Vec<(String, BlsEntry)>) -> Vec<(String, BlsEntry)> {
+    crate::bls::sort_for_menu(&mut entries);
+    entries
+}
+
+/// Entries for `order` (default first): each keeps its text but gets the
+/// version and file name of its place, the last being 1.
+pub fn renumber(order: Vec<BlsEntry>, stateroot: &str) -> Vec<(String, BlsEntry)> {
+    let n = order.len() as u64;
+    order
+        .into_iter()
+        .enumerate()
+        .map(|(i, mut e)| {
+            let v = n - i as u64;
+            e.version = Some(v.to_string());
+            (crate::bls::entry_file_name(stateroot, v), e)
+        })
+        .collect()
+}
+
 /// Entry file names must be plain `*.conf` names.
 pub(crate) fn check_entry_name(name: &str) -> Result<()> {
     anyhow::ensure!(
@@ -224,6 +268,38 @@ mod tests {
             .map(|e| e.unwrap().file_name().into_string().unwrap())
             .collect();
         assert_eq!(names, ["entries"]);
+    }
+
+    #[test]
+    fn orders_and_renumbers() {
+        let order = boot_order(vec![entry(1), entry(3), entry(2)]);
+        let ids: Vec<_> = order.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(
+            ids,
+            ["bootc-default-3.conf", "bootc-default-2.conf", "bootc-default-1.conf"]
+        );
+        // Swap the first two (a rollback): versions follow the new places.
+        let mut es: Vec<BlsEntry> = order.into_iter().map(|(_, e)| e).collect();
+        es.swap(0, 1);
+        let out = renumber(es, "default");
+        assert_eq!(out[0].0, "bootc-default-3.conf");
+        assert_eq!(out[0].1.version.as_deref(), Some("3"));
+        assert_eq!(out[0].1.deployment_id(), entry(2).1.deployment_id());
+        assert_eq!(out[2].1.deployment_id(), entry(1).1.deployment_id());
+        assert_eq!(out[2].1.version.as_deref(), Some("1"));
+    }
+
+    #[test]
+    fn removes_boot_files() {
+        let td = tempfile::tempdir().unwrap();
+        let id = "ab".repeat(32);
+        let d = td.path().join("bootc").join(&id);
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(d.join("vmlinuz"), "k").unwrap();
+        remove_boot_files(td.path(), &id).unwrap();
+        assert!(!d.exists());
+        remove_boot_files(td.path(), &id).unwrap();
+        assert!(remove_boot_files(td.path(), "..").is_err());
     }
 
     #[test]

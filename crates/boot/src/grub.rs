@@ -84,6 +84,36 @@ pub fn render_grub_cfg(entries: &[(String, BlsEntry)], target: &GrubTarget) -> S
     out
 }
 
+/// Read back the [`GrubTarget`] a `grub.cfg` written by [`render_grub_cfg`]
+/// uses: the filesystem UUID of its `search`, the module of its second
+/// `insmod` (the first is `part_gpt`) and the prefix before `/bootc/` in its
+/// first `linux` path. `None` when the file has no menu entry to read from.
+pub fn parse_grub_target(cfg: &str) -> Option<GrubTarget> {
+    let mut fs_module = None;
+    let mut fs_uuid = None;
+    let mut prefix = None;
+    for line in cfg.lines().map(str::trim) {
+        let words = crate::split_options(&line.replace('\'', "\""));
+        match words.first().map(String::as_str) {
+            Some("insmod") if words.get(1).is_some_and(|m| m != "part_gpt") => {
+                fs_module.get_or_insert_with(|| words[1].clone());
+            }
+            Some("search") if fs_uuid.is_none() => fs_uuid = words.last().cloned(),
+            Some("linux") if prefix.is_none() => {
+                let path = words.get(1)?;
+                let at = path.find(&format!("/{}/", crate::bls::BOOT_FILES_DIR))?;
+                prefix = Some(path[..at].to_owned());
+            }
+            _ => {}
+        }
+    }
+    Some(GrubTarget {
+        fs_uuid: fs_uuid?,
+        fs_module: fs_module?,
+        prefix: prefix?,
+    })
+}
+
 /// Quote a word for GRUB's script parser: as is when it is made of safe
 /// characters, else in single quotes (a `'` becomes `'\''`).
 fn grub_quote(s: &str) -> String {
@@ -182,6 +212,17 @@ menuentry 'Debian GNU/Linux 12 (bookworm) (1)' --id bootc-default-1 {{
 "
         );
         assert_eq!(render_grub_cfg(&entries, &target), expect);
+        assert_eq!(parse_grub_target(&expect), Some(target.clone()));
+        let own_boot = GrubTarget {
+            prefix: String::new(),
+            fs_module: "xfs".into(),
+            ..target
+        };
+        assert_eq!(
+            parse_grub_target(&render_grub_cfg(&entries, &own_boot)),
+            Some(own_boot)
+        );
+        assert_eq!(parse_grub_target("set timeout=3\n"), None);
     }
 
     #[test]
