@@ -4,6 +4,7 @@
 //! Tests that need root are skipped with a message when not run as root.
 
 mod boot;
+mod lifecycle;
 mod pull;
 
 use std::sync::Arc;
@@ -25,7 +26,12 @@ type TestFn = fn(&Ctx) -> Result<()>;
 fn main() -> Result<()> {
     let args = Arguments::from_args();
     let root = rustix::process::geteuid().is_root();
-    let tests: Vec<(&str, TestFn)> = pull::TESTS.iter().chain(boot::TESTS).copied().collect();
+    let tests: Vec<(&str, TestFn)> = pull::TESTS
+        .iter()
+        .chain(boot::TESTS)
+        .chain(lifecycle::TESTS)
+        .copied()
+        .collect();
     let ctx = if root && !args.list {
         let registry = Registry::start()?;
         let bootc = Bootc::new(&[&registry.addr])?;

@@ -1,0 +1,790 @@
+//! The host lifecycle across real reboots (issue #4): install v1, switch to
+//! v2 from an OCI layout, roll back, stage from the host with `--sysroot`,
+//! and kill the guest in the middle of staging.
+//!
+//! Images: `localhost/bootc-example:v1` and `:v2` (`examples/build.sh v1`,
+//! `examples/build.sh v2 --build-arg VARIANT=v2`). They differ in a package
+//! (`tree`, v2 only), `/usr/share/bootc-example/variant`, default files in
+//! /etc (`bootc-example.conf` and `bootc-example-defaults.conf` change,
+//! `bootc-example-v2-only.conf` is new in v2) and `kargs.d/10-variant.toml`
+//! (`bootc.example=v1` / `bootc.example=v2`).
+//!
+//! Each boot is a fresh qemu (SeaBIOS/GRUB, `-no-reboot`) with two disks:
+//! the installed disk, and an ext4 disk labelled `BOOTCTEST` holding OCI
+//! layouts of v1 and v2 and the `step.sh` of that boot. The example image's
+//! `bootc-test-runner.service` runs `step.sh` after the status unit and
+//! prints its output between `BOOTC-STEP-BEGIN` and `BOOTC-STEP-END`, then
+//! `BOOTC-STEP-RC=<n>`; `bootc-test-poweroff.service` then powers off
+//! (`bootc.test.poweroff=1` is an install-time karg), and
+//! `bootc-finalize-staged.service` finalizes a staged deployment on the way.
+//!
+//! Inside a step, the helper functions of [`PRELUDE`] print what the host
+//! asserts on: `@@BEGIN-<label>@@` / `@@END-<label>@@` around a
+//! `bootc status --format json` document, `@@VAL <key>=<value>` lines and
+//! `@@RC <label>=<exit code>` lines.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail, ensure};
+use bootc_tests_integration::run;
+use bootc_tests_integration::vm::{self, Firmware, Run, Vm};
+use serde_json::Value;
+
+use crate::{Ctx, TestFn};
+
+/// The tests of this module.
+pub const TESTS: &[(&str, TestFn)] =
+    &[("vm_lifecycle_switch_rollback", vm_lifecycle_switch_rollback)];
+
+/// The installed image.
+const V1: &str = "localhost/bootc-example:v1";
+/// The image switched to.
+const V2: &str = "localhost/bootc-example:v2";
+
+/// Size of the sparse disk image (three deployments of ~300 MB images).
+const DISK_SIZE: u64 = 8 << 30;
+
+/// Bound of one `bootc install`.
+const INSTALL_TIMEOUT: Duration = Duration::from_secs(900);
+
+/// Bound of one boot, step and shutdown (with finalization) under TCG.
+const BOOT_TIMEOUT: Duration = Duration::from_secs(900);
+
+/// After `BOOTC-POWEROFF`, time for the shutdown (and the finalization of a
+/// staged deployment) to end with qemu exiting.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(300);
+
+/// After the guest says it started staging, how long it runs before qemu is
+/// killed: well inside the import of a ~300 MB image under TCG.
+const KILL_DELAY: Duration = Duration::from_secs(4);
+
+/// Discoverable Partitions Specification type of an x86-64 root partition.
+const ROOT_X86_64: &str = "4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709";
+
+/// Lifecycle VM tests one at a time (boot.rs has its own lock; run VM tests
+/// with `--test-threads=1` to keep them from overlapping).
+static LOCK: Mutex<()> = Mutex::new(());
+
+/// Shell helpers put in front of every step script.
+const PRELUDE: &str = r#"set -u
+export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+# J LABEL CMD...: a JSON document between markers, then its exit code.
+J() { local label=$1; shift; echo "@@BEGIN-$label@@"; "$@" 2>/tmp/j.err; local rc=$?; echo "@@END-$label@@"; echo "@@RC $label=$rc"; sed "s/^/@@ERR $label: /" /tmp/j.err; }
+# V KEY CMD...: the output of CMD on one line (newlines as |).
+V() { local key=$1; shift; echo "@@VAL $key=$("$@" 2>&1 | tr '\n' '|' | sed 's/|$//')"; }
+# R LABEL CMD...: run CMD, print its output prefixed, then its exit code.
+R() { local label=$1; shift; "$@" >/tmp/r.out 2>&1; local rc=$?; sed "s/^/@@OUT $label: /" /tmp/r.out; echo "@@RC $label=$rc"; }
+exists() { if test -e "$1"; then echo present; else echo absent; fi; }
+"#;
+
+fn vm_lifecycle_switch_rollback(ctx: &Ctx) -> Result<()> {
+    if let Some(reason) = vm::qemu_missing() {
+        println!("SKIP: {reason}");
+        return Ok(());
+    }
+    let _l = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let t0 = Instant::now();
+    for img in [V1, V2] {
+        let st = Command::new("podman")
+            .args(["image", "exists", img])
+            .status()
+            .context("Running podman image exists")?;
+        ensure!(
+            st.success(),
+            "{img} is not in podman's storage: run `examples/build.sh v1` and \
+             `examples/build.sh v2 --build-arg VARIANT=v2`"
+        );
+    }
+    let work = tempfile::Builder::new()
+        .prefix("bootc-lifecycle.")
+        .tempdir_in("/var/tmp")?;
+    let mut l = Lifecycle::prepare(ctx, work.path())?;
+    println!("prepared in {:.1?}: {:#?}", t0.elapsed(), l.digests);
+    l.run_all(ctx)?;
+    println!("lifecycle scenario passed in {:.1?}", t0.elapsed());
+    Ok(())
+}
+
+/// Manifest digests of the images as each source serves them.
+#[derive(Debug)]
+struct Digests {
+    /// v1 in containers-storage (what install recorded).
+    v1_storage: String,
+    /// v1 in the OCI layout on the test disk.
+    v1_oci: String,
+    /// v2 in the OCI layout on the test disk.
+    v2_oci: String,
+    /// v2 in the local registry.
+    v2_registry: String,
+}
+
+struct Lifecycle {
+    disk: PathBuf,
+    testdisk: PathBuf,
+    registry_ref: String,
+    digests: Digests,
+    boots: u32,
+}
+
+impl Lifecycle {
+    /// Install v1 to a disk; make the BOOTCTEST disk with the OCI layouts;
+    /// push v2 to the registry.
+    fn prepare(ctx: &Ctx, work: &Path) -> Result<Self> {
+        let disk = work.join("disk.raw");
+        fs::File::create(&disk)?.set_len(DISK_SIZE)?;
+        let start = Instant::now();
+        let mut c = Command::new("timeout");
+        c.args(["--kill-after=30", &INSTALL_TIMEOUT.as_secs().to_string()])
+            .arg(&ctx.bootc.bin)
+            .args([
+                "install",
+                "to-disk",
+                "--via-loopback",
+                "--source-imgref",
+                &format!("containers-storage:{V1}"),
+                "--bootloader",
+                "grub",
+                "--karg",
+                "bootc.test.poweroff=1",
+            ])
+            .arg(&disk)
+            .env("CONTAINERS_REGISTRIES_CONF", ctx.bootc.registries_conf())
+            .env("CONTAINERS_POLICY_JSON", ctx.bootc.policy_json())
+            .stdin(Stdio::null());
+        run(&mut c).context("Installing v1 (install side)")?;
+        println!("install v1 to-disk (grub): {:.1?}", start.elapsed());
+
+        let out =
+            run(Command::new("podman").args(["image", "inspect", "--format", "{{.Digest}}", V1]))?;
+        let v1_storage = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+
+        let dir = work.join("testdisk");
+        fs::create_dir(&dir)?;
+        let start = Instant::now();
+        for (img, name) in [(V1, "v1"), (V2, "v2")] {
+            run(Command::new("skopeo").args([
+                "copy",
+                "--quiet",
+                &format!("containers-storage:{img}"),
+                &format!("oci:{}:{name}", dir.join(name).display()),
+            ]))
+            .with_context(|| format!("Copying {img} to an OCI layout"))?;
+        }
+        let v1_oci = oci_digest(&dir.join("v1"))?;
+        let v2_oci = oci_digest(&dir.join("v2"))?;
+        fs::write(dir.join("step.sh"), "echo no step yet\n")?;
+        let testdisk = work.join("bootctest.ext4");
+        vm::make_ext4_image(&dir, "BOOTCTEST", &testdisk)?;
+        fs::remove_dir_all(&dir)?;
+        println!("OCI layouts + BOOTCTEST disk: {:.1?}", start.elapsed());
+
+        let registry_ref = format!("{}/bootc-example:v2", ctx.registry.addr);
+        let digestfile = work.join("v2.digest");
+        run(Command::new("skopeo")
+            .args(["copy", "--quiet", "--dest-tls-verify=false", "--digestfile"])
+            .arg(&digestfile)
+            .arg(format!("containers-storage:{V2}"))
+            .arg(format!("docker://{registry_ref}")))
+        .context("Pushing v2 to the local registry")?;
+        let v2_registry = fs::read_to_string(&digestfile)?.trim().to_owned();
+        Ok(Self {
+            disk,
+            testdisk,
+            registry_ref,
+            digests: Digests {
+                v1_storage,
+                v1_oci,
+                v2_oci,
+                v2_registry,
+            },
+            boots: 0,
+        })
+    }
+
+    /// Put `body` (after [`PRELUDE`]) as step.sh on the BOOTCTEST disk.
+    fn set_step(&self, body: &str) -> Result<()> {
+        let m = tempfile::Builder::new()
+            .prefix("bootctest-mnt.")
+            .tempdir_in("/var/tmp")?;
+        run(Command::new("mount")
+            .args(["-o", "loop"])
+            .arg(&self.testdisk)
+            .arg(m.path()))?;
+        let r = fs::write(m.path().join("step.sh"), format!("{PRELUDE}{body}")).and_then(|()| {
+            let _ = fs::remove_file(m.path().join("out.log"));
+            Ok(())
+        });
+        run(Command::new("umount").arg(m.path()))?;
+        r.context("Writing step.sh on the BOOTCTEST disk")
+    }
+
+    /// Boot once with `step`; wait for `until` (then `grace` for qemu to
+    /// exit by itself).
+    fn boot(&mut self, name: &str, step: &str, until: &str, grace: Duration) -> Result<Run> {
+        self.set_step(step)?;
+        self.boots += 1;
+        let mut vm = Vm::builder()
+            .firmware(Firmware::Bios)
+            .disk(&self.disk)
+            .disk(&self.testdisk)
+            .build()?;
+        let r = vm.run_until_then_exit(until, grace, BOOT_TIMEOUT)?;
+        println!(
+            "boot {} ({name}): {until} after {:.1?}, qemu ended after {:.1?} ({:?})",
+            self.boots,
+            r.matched_after.unwrap_or_default(),
+            r.elapsed,
+            r.end
+        );
+        Ok(r)
+    }
+
+    /// Boot, run the step to its end and power off (finalizing anything staged).
+    fn boot_step(&mut self, name: &str, step: &str) -> Result<(Run, Step)> {
+        let r = self.boot(name, step, "BOOTC-POWEROFF", SHUTDOWN_GRACE)?;
+        let s = Step::parse(&r).with_context(|| report(&r, None))?;
+        ensure!(
+            s.rc == Some(0),
+            "step.sh of {name} exited with {:?}\n{}",
+            s.rc,
+            report(&r, Some(&s))
+        );
+        ensure!(
+            r.exited_cleanly(),
+            "the guest did not power off after {name} ({:?}): shutdown/finalize hung?\n{}",
+            r.end,
+            report(&r, Some(&s))
+        );
+        Ok((r, s))
+    }
+
+    fn run_all(&mut self, ctx: &Ctx) -> Result<()> {
+        let d = &self.digests;
+        let (v1_storage, v1_oci, v2_oci, v2_registry) = (
+            d.v1_storage.clone(),
+            d.v1_oci.clone(),
+            d.v2_oci.clone(),
+            d.v2_registry.clone(),
+        );
+
+        // 1. v1 booted: local /etc and /var changes, switch to v2 (OCI layout).
+        let (r, s) = self.boot_step(
+            "1: v1, local changes, switch to v2",
+            r#"J before bootc status --format json
+V variant cat /usr/share/bootc-example/variant
+V cmdline cat /proc/cmdline
+echo 'variant = local edit' > /etc/bootc-example.conf
+echo 'added locally' > /etc/local-added
+rm /etc/bootc-example-removable.conf
+mkdir -p /var/lib/mydata && echo precious > /var/lib/mydata/data
+sync
+R switch bootc switch --transport oci /run/bootctest/v2:v2
+J staged bootc status --format json
+# Made after staging: the merge at shutdown must still see it.
+echo 'after staging' > /etc/local-after-staging
+sync
+"#,
+        )?;
+        let ctx1 = || report(&r, Some(&s));
+        (|| -> Result<()> {
+            let before = s.json("before")?;
+            expect_booted(&before, "containers-storage", Some(V1), &v1_storage)?;
+            s.expect_val("variant", "v1")?;
+            expect_karg(&s, "bootc.example=v1", true)?;
+            s.expect_rc("switch", 0)?;
+            let st = s.json("staged")?;
+            expect_entry(&st, "staged", "oci", "/run/bootctest/v2:v2", &v2_oci)?;
+            expect_booted(&st, "containers-storage", Some(V1), &v1_storage)?;
+            ensure!(
+                st["spec"]["image"]["image"] == "/run/bootctest/v2:v2",
+                "spec.image after switch is {}, not the OCI layout",
+                st["spec"]["image"]
+            );
+            Ok(())
+        })()
+        .with_context(ctx1)
+        .context("step 1 (v1 booted, switch to v2)")?;
+
+        // 2. v2 booted: /usr, /etc merge, /var, kargs, v1 as rollback; roll back.
+        let (r, s) = self.boot_step(
+            "2: v2 booted, roll back",
+            r#"J status bootc status --format json
+V variant cat /usr/share/bootc-example/variant
+V cmdline cat /proc/cmdline
+V conf cat /etc/bootc-example.conf
+V added cat /etc/local-added
+V after cat /etc/local-after-staging
+V removable exists /etc/bootc-example-removable.conf
+V v2only cat /etc/bootc-example-v2-only.conf
+V defaults cat /etc/bootc-example-defaults.conf
+V mydata cat /var/lib/mydata/data
+V tree sh -c 'command -v tree || echo missing'
+echo 'edited in v2' > /etc/v2-local
+echo 'written by v2' > /var/lib/mydata/from-v2
+sync
+R rollback bootc rollback
+J queued bootc status --format json
+"#,
+        )?;
+        (|| -> Result<()> {
+            let st = s.json("status")?;
+            expect_booted(&st, "oci", Some("/run/bootctest/v2:v2"), &v2_oci)?;
+            expect_entry(&st, "rollback", "containers-storage", V1, &v1_storage)?;
+            ensure!(
+                st["status"]["staged"].is_null(),
+                "status.staged after finalize: {}",
+                st["status"]["staged"]
+            );
+            s.expect_val("variant", "v2")?;
+            expect_karg(&s, "bootc.example=v2", true)?;
+            expect_karg(&s, "bootc.example=v1", false)?;
+            expect_karg(&s, "bootc.test.poweroff=1", true)?;
+            s.expect_val("conf", "variant = local edit")?;
+            s.expect_val("added", "added locally")?;
+            s.expect_val("after", "after staging")?;
+            s.expect_val("removable", "absent")?;
+            s.expect_val("v2only", "only in v2")?;
+            s.expect_val("defaults", "defaults of v2")?;
+            s.expect_val("mydata", "precious")?;
+            s.expect_val("tree", "/usr/bin/tree")?;
+            s.expect_rc("rollback", 0)?;
+            let q = s.json("queued")?;
+            expect_booted(&q, "oci", Some("/run/bootctest/v2:v2"), &v2_oci)?;
+            ensure!(
+                q["status"]["rollbackQueued"] == true,
+                "status.rollbackQueued after `bootc rollback` is {}",
+                q["status"]["rollbackQueued"]
+            );
+            Ok(())
+        })()
+        .with_context(|| report(&r, Some(&s)))
+        .context("step 2 (v2 booted after switch; rollback)")?;
+
+        // 3. v1 booted again, with its /etc as it was.
+        let (r, s) = self.boot_step(
+            "3: v1 after rollback",
+            r#"J status bootc status --format json
+V variant cat /usr/share/bootc-example/variant
+V cmdline cat /proc/cmdline
+V conf cat /etc/bootc-example.conf
+V added cat /etc/local-added
+V after cat /etc/local-after-staging
+V removable exists /etc/bootc-example-removable.conf
+V v2only exists /etc/bootc-example-v2-only.conf
+V v2local exists /etc/v2-local
+V defaults cat /etc/bootc-example-defaults.conf
+V mydata cat /var/lib/mydata/data
+V fromv2 cat /var/lib/mydata/from-v2
+V tree sh -c 'command -v tree || echo missing'
+"#,
+        )?;
+        (|| -> Result<()> {
+            let st = s.json("status")?;
+            expect_booted(&st, "containers-storage", Some(V1), &v1_storage)?;
+            expect_entry(&st, "rollback", "oci", "/run/bootctest/v2:v2", &v2_oci)?;
+            s.expect_val("variant", "v1")?;
+            expect_karg(&s, "bootc.example=v1", true)?;
+            expect_karg(&s, "bootc.example=v2", false)?;
+            s.expect_val("conf", "variant = local edit")?;
+            s.expect_val("added", "added locally")?;
+            s.expect_val("after", "after staging")?;
+            s.expect_val("removable", "absent")?;
+            s.expect_val("v2only", "absent")?;
+            s.expect_val("v2local", "absent")?;
+            s.expect_val("defaults", "defaults of v1")?;
+            s.expect_val("mydata", "precious")?;
+            s.expect_val("fromv2", "written by v2")?;
+            s.expect_val("tree", "missing")?;
+            Ok(())
+        })()
+        .with_context(|| report(&r, Some(&s)))
+        .context("step 3 (v1 booted after rollback)")?;
+
+        // 4. Offline: stage v2 from the registry with --sysroot, boot it.
+        let start = Instant::now();
+        self.offline_switch(ctx)
+            .context("step 4 (offline switch with --sysroot from the registry)")?;
+        println!("offline switch: {:.1?}", start.elapsed());
+        let reg = self.registry_ref.clone();
+        // 5 (first half): after the checks, stage v1 again and be killed
+        // in the middle. The step prints its own BOOTC-STEP-END before.
+        let r = self.boot(
+            "4+5: v2 from the registry; killed while staging",
+            r#"J status bootc status --format json
+V variant cat /usr/share/bootc-example/variant
+V cmdline cat /proc/cmdline
+V conf cat /etc/bootc-example.conf
+V mydata cat /var/lib/mydata/data
+echo BOOTC-STEP-END
+bootc switch --transport oci /run/bootctest/v1:v1 &
+echo BOOTC-STAGING
+wait
+echo BOOTC-STAGING-DONE
+"#,
+            "BOOTC-STAGING",
+            KILL_DELAY,
+        )?;
+        let s = Step::parse(&r).with_context(|| report(&r, None))?;
+        (|| -> Result<()> {
+            let st = s.json("status")?;
+            expect_booted(&st, "registry", Some(&reg), &v2_registry)?;
+            expect_entry(&st, "rollback", "containers-storage", V1, &v1_storage)?;
+            s.expect_val("variant", "v2")?;
+            expect_karg(&s, "bootc.example=v2", true)?;
+            s.expect_val("conf", "variant = local edit")?;
+            s.expect_val("mydata", "precious")?;
+            ensure!(r.matched(), "no BOOTC-STAGING marker");
+            ensure!(
+                !vm::tail_lines(&r.log, usize::MAX).contains("BOOTC-STAGING-DONE"),
+                "staging finished within {KILL_DELAY:?}: the kill did not land in the middle of it"
+            );
+            ensure!(
+                !r.exited_cleanly(),
+                "qemu exited by itself instead of being killed ({:?})",
+                r.end
+            );
+            Ok(())
+        })()
+        .with_context(|| report(&r, Some(&s)))
+        .context("step 4 (v2 booted after the offline switch)")?;
+
+        // 5. After the kill: the old deployment boots, a new staging works.
+        let (r, s) = self.boot_step(
+            "5: after the kill, stage again",
+            r#"J status bootc status --format json
+V variant cat /usr/share/bootc-example/variant
+R switch bootc switch --transport oci /run/bootctest/v1:v1
+J staged bootc status --format json
+"#,
+        )?;
+        (|| -> Result<()> {
+            let st = s.json("status")?;
+            expect_booted(&st, "registry", Some(&reg), &v2_registry)?;
+            ensure!(
+                st["status"]["staged"].is_null(),
+                "a staged deployment survived the kill in the middle of staging: {}",
+                st["status"]["staged"]
+            );
+            s.expect_val("variant", "v2")?;
+            s.expect_rc("switch", 0)?;
+            let staged = s.json("staged")?;
+            expect_entry(&staged, "staged", "oci", "/run/bootctest/v1:v1", &v1_oci)?;
+            Ok(())
+        })()
+        .with_context(|| report(&r, Some(&s)))
+        .context("step 5 (after the kill)")?;
+
+        // 5 (end): the new staging was finalized and boots.
+        let (r, s) = self.boot_step(
+            "5: the re-staged v1 boots",
+            r#"J status bootc status --format json
+V variant cat /usr/share/bootc-example/variant
+V conf cat /etc/bootc-example.conf
+"#,
+        )?;
+        (|| -> Result<()> {
+            let st = s.json("status")?;
+            expect_booted(&st, "oci", Some("/run/bootctest/v1:v1"), &v1_oci)?;
+            expect_entry(&st, "rollback", "registry", &reg, &v2_registry)?;
+            s.expect_val("variant", "v1")?;
+            s.expect_val("conf", "variant = local edit")?;
+            Ok(())
+        })()
+        .with_context(|| report(&r, Some(&s)))
+        .context("step 5 (the deployment staged after the kill boots)")?;
+        Ok(())
+    }
+
+    /// Mount the powered-off disk's root partition and `bootc --sysroot MNT
+    /// switch` to v2 from the registry (finalized at once).
+    fn offline_switch(&self, ctx: &Ctx) -> Result<()> {
+        let lo = Loop::attach(&self.disk)?;
+        let parts = vm::partitions(&self.disk)?;
+        let root = parts
+            .iter()
+            .find(|p| p.type_guid == ROOT_X86_64)
+            .with_context(|| format!("no root partition on {}: {parts:?}", self.disk.display()))?;
+        let dev = lo.partition(root.number)?;
+        let mnt = tempfile::Builder::new()
+            .prefix("bootc-offline.")
+            .tempdir_in("/var/tmp")?;
+        run(Command::new("mount").arg(&dev).arg(mnt.path()))?;
+        let r = (|| -> Result<()> {
+            let out = ctx
+                .bootc
+                .cmd(mnt.path())
+                .args(["switch", &self.registry_ref])
+                .output()
+                .context("Running bootc --sysroot switch")?;
+            println!(
+                "offline switch: {}\nstdout: {}\nstderr: {}",
+                out.status,
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            ensure!(
+                out.status.success(),
+                "bootc --sysroot MNT switch {} failed",
+                self.registry_ref
+            );
+            let out = ctx.bootc.ok(mnt.path(), &["status", "--format", "json"])?;
+            let st: Value =
+                serde_json::from_slice(&out.stdout).context("Parsing offline status")?;
+            ensure!(
+                st["status"]["staged"].is_null(),
+                "offline switch left a staged deployment (offline finalizes at once): {}",
+                st["status"]["staged"]
+            );
+            ensure!(
+                st["spec"]["image"]["image"] == self.registry_ref.as_str(),
+                "offline status spec.image is {}, not {}",
+                st["spec"]["image"],
+                self.registry_ref
+            );
+            Ok(())
+        })();
+        run(Command::new("umount").arg(mnt.path()))?;
+        drop(lo);
+        r
+    }
+}
+
+/// A whole-disk loop device with its partitions (partx), detached on drop.
+struct Loop {
+    dev: String,
+}
+
+impl Loop {
+    fn attach(file: &Path) -> Result<Self> {
+        let out = run(Command::new("losetup").args(["-f", "--show"]).arg(file))?;
+        let dev = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        ensure!(dev.starts_with("/dev/loop"), "losetup printed {dev:?}");
+        let l = Self { dev };
+        run(Command::new("partx").args(["-a", &l.dev]))?;
+        Ok(l)
+    }
+
+    fn partition(&self, n: u32) -> Result<String> {
+        let p = format!("{}p{n}", self.dev);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !Path::new(&p).exists() {
+            ensure!(
+                Instant::now() < deadline,
+                "{p} did not appear after partx -a"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(p)
+    }
+}
+
+impl Drop for Loop {
+    fn drop(&mut self) {
+        let _ = Command::new("partx")
+            .args(["-d", &self.dev])
+            .stderr(Stdio::null())
+            .status();
+        if let Err(e) = run(Command::new("losetup").args(["-d", &self.dev])) {
+            eprintln!("warning: detaching {}: {e:#}", self.dev);
+        }
+    }
+}
+
+/// The manifest digest of the one image of an OCI layout.
+fn oci_digest(layout: &Path) -> Result<String> {
+    let p = layout.join("index.json");
+    let v: Value = serde_json::from_str(
+        &fs::read_to_string(&p).with_context(|| format!("Reading {}", p.display()))?,
+    )?;
+    v["manifests"][0]["digest"]
+        .as_str()
+        .map(str::to_owned)
+        .with_context(|| format!("no manifest digest in {}", p.display()))
+}
+
+/// What one step printed.
+#[derive(Debug)]
+struct Step {
+    /// The lines between BOOTC-STEP-BEGIN and BOOTC-STEP-END.
+    text: String,
+    /// BOOTC-STEP-RC, if printed.
+    rc: Option<i32>,
+}
+
+impl Step {
+    fn parse(r: &Run) -> Result<Self> {
+        let text = vm::parse_block(&r.log, "BOOTC-STEP-BEGIN", "BOOTC-STEP-END").context(
+            "No BOOTC-STEP-BEGIN ... BOOTC-STEP-END block on the console (test runner unit)",
+        )?;
+        let rc = vm::tail_lines(&r.log, usize::MAX)
+            .lines()
+            .rev()
+            .find_map(|l| {
+                l.split("BOOTC-STEP-RC=")
+                    .nth(1)
+                    .map(|v| v.trim().parse().ok())
+            })
+            .flatten();
+        Ok(Self { text, rc })
+    }
+
+    /// The JSON document printed by `J label`; fails if its command failed.
+    fn json(&self, label: &str) -> Result<Value> {
+        let rc = self.rc_of(label);
+        let errs: Vec<&str> = self
+            .text
+            .lines()
+            .filter_map(|l| l.strip_prefix(&format!("@@ERR {label}: ")))
+            .collect();
+        ensure!(
+            rc == Some(0),
+            "`bootc status --format json` ({label}) in the guest exited with {rc:?}: {}",
+            errs.join("\n")
+        );
+        let body = vm::parse_block(
+            &self.text,
+            &format!("@@BEGIN-{label}@@"),
+            &format!("@@END-{label}@@"),
+        )
+        .with_context(|| format!("no status JSON block {label} in the step output"))?;
+        serde_json::from_str(&body)
+            .with_context(|| format!("Parsing the status JSON {label}:\n{body}"))
+    }
+
+    fn rc_of(&self, label: &str) -> Option<i32> {
+        let p = format!("@@RC {label}=");
+        self.text
+            .lines()
+            .rev()
+            .find_map(|l| l.strip_prefix(&p).and_then(|v| v.trim().parse().ok()))
+    }
+
+    /// The exit code of `R label` is `want`; the command's output otherwise.
+    fn expect_rc(&self, label: &str, want: i32) -> Result<()> {
+        let got = self.rc_of(label);
+        if got != Some(want) {
+            let out: Vec<&str> = self
+                .text
+                .lines()
+                .filter_map(|l| l.strip_prefix(&format!("@@OUT {label}: ")))
+                .collect();
+            bail!(
+                "`{label}` in the guest exited with {got:?}, not {want}; its output:\n{}",
+                out.join("\n")
+            );
+        }
+        Ok(())
+    }
+
+    fn val(&self, key: &str) -> Option<String> {
+        let p = format!("@@VAL {key}=");
+        self.text
+            .lines()
+            .rev()
+            .find_map(|l| l.strip_prefix(&p).map(|v| v.trim_end().to_owned()))
+    }
+
+    fn expect_val(&self, key: &str, want: &str) -> Result<()> {
+        let got = self.val(key);
+        ensure!(
+            got.as_deref() == Some(want),
+            "guest check {key}: got {got:?}, want {want:?}"
+        );
+        Ok(())
+    }
+}
+
+/// The kernel command line printed by `V cmdline` has (or lacks) `arg`.
+fn expect_karg(s: &Step, arg: &str, present: bool) -> Result<()> {
+    let cmdline = s
+        .val("cmdline")
+        .context("no cmdline value in the step output")?;
+    let has = cmdline.split_whitespace().any(|a| a == arg);
+    ensure!(
+        has == present,
+        "/proc/cmdline {} {arg}: {cmdline}",
+        if present { "lacks" } else { "still has" }
+    );
+    Ok(())
+}
+
+/// `status.<which>` names `image` over `transport` with `digest`.
+fn expect_entry(st: &Value, which: &str, transport: &str, image: &str, digest: &str) -> Result<()> {
+    let e = &st["status"][which];
+    ensure!(!e.is_null(), "status.{which} is null: {}", st["status"]);
+    let img = &e["image"];
+    ensure!(
+        img["image"]["transport"] == transport && img["image"]["image"] == image,
+        "status.{which}.image.image is {}, want {transport}:{image}",
+        img["image"]
+    );
+    ensure!(
+        img["imageDigest"] == digest,
+        "status.{which}.image.imageDigest is {}, want {digest}",
+        img["imageDigest"]
+    );
+    Ok(())
+}
+
+/// `status.booted` is the image with `digest` (and, when given, named
+/// `image` over `transport`; install may record a normalised name, so a
+/// containers-storage name only has to end with it).
+fn expect_booted(st: &Value, transport: &str, image: Option<&str>, digest: &str) -> Result<()> {
+    let e = &st["status"]["booted"];
+    ensure!(!e.is_null(), "status.booted is null: {}", st["status"]);
+    let img = &e["image"];
+    ensure!(
+        img["imageDigest"] == digest,
+        "status.booted.image.imageDigest is {}, want {digest} ({transport}:{image:?})",
+        img["imageDigest"]
+    );
+    ensure!(
+        img["image"]["transport"] == transport,
+        "status.booted transport is {}, want {transport}",
+        img["image"]["transport"]
+    );
+    if let Some(want) = image {
+        let got = img["image"]["image"].as_str().unwrap_or_default();
+        ensure!(
+            got == want || (transport == "containers-storage" && got.ends_with(want)),
+            "status.booted.image.image.image is {got:?}, want {want:?}"
+        );
+    }
+    Ok(())
+}
+
+/// Console lines that tell what went wrong.
+const TELLTALES: &[&str] = &[
+    "bootc",
+    "finalize",
+    "composefs",
+    "Kernel panic",
+    "emergency",
+    "FAILED",
+    "Failed",
+    "error",
+    "Error",
+    "Linux version",
+];
+
+/// The step output, telltale console lines and the console tail.
+fn report(r: &Run, s: Option<&Step>) -> String {
+    let clean = vm::tail_lines(&r.log, usize::MAX);
+    let tells: Vec<&str> = clean
+        .lines()
+        .filter(|l| TELLTALES.iter().any(|t| l.contains(t)))
+        .collect();
+    let tells = &tells[tells.len().saturating_sub(50)..];
+    format!(
+        "--- step output (rc {:?}) ---\n{}\n--- telltale console lines ---\n{}\n--- last console lines ---\n{}\n--- qemu stderr ---\n{}",
+        s.and_then(|s| s.rc),
+        s.map(|s| s.text.as_str()).unwrap_or("(none)"),
+        tells.join("\n"),
+        r.tail(40),
+        r.qemu_stderr.trim()
+    )
+}
