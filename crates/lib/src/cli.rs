@@ -32,6 +32,23 @@ pub enum Command {
     Install(crate::install::InstallCommand),
     /// Show the state of the host: booted, staged and rollback deployments.
     Status(crate::status::StatusArgs),
+    /// Fetch the tracked image and stage it for the next boot if it changed.
+    Upgrade(crate::upgrade::UpgradeArgs),
+    /// Track another image and stage it for the next boot.
+    Switch(crate::upgrade::SwitchArgs),
+    /// Boot the rollback deployment next; discards a staged deployment.
+    Rollback(crate::upgrade::RollbackArgs),
+    /// Internal operations, not a stable interface.
+    #[command(subcommand, hide = true)]
+    Internals(InternalsCommand),
+}
+
+/// `bootc internals ...`
+#[derive(Debug, Subcommand)]
+pub enum InternalsCommand {
+    /// Finalize the staged deployment: merge /etc and write the boot entries
+    /// (run by bootc-finalize-staged.service at shutdown).
+    FinalizeStaged,
 }
 
 /// `bootc image ...`
@@ -128,6 +145,12 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Image(cmd) => crate::image::run(&cli.sysroot, cmd).await,
         Command::Install(cmd) => crate::install::run(&cli.sysroot, cmd).await,
         Command::Status(args) => crate::status::run(&cli.sysroot, args),
+        Command::Upgrade(args) => crate::upgrade::upgrade(&cli.sysroot, args).await,
+        Command::Switch(args) => crate::upgrade::switch(&cli.sysroot, args).await,
+        Command::Rollback(args) => crate::upgrade::rollback(&cli.sysroot, args),
+        Command::Internals(InternalsCommand::FinalizeStaged) => {
+            crate::upgrade::finalize_staged(&cli.sysroot)
+        }
     }
 }
 
@@ -139,6 +162,31 @@ mod tests {
     #[test]
     fn cli_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn parses_lifecycle_verbs() {
+        let cli = Cli::try_parse_from([
+            "bootc", "switch", "--transport", "oci", "--retain", "--apply",
+            "--no-signature-verification", "/mnt/v2:latest",
+        ])
+        .unwrap();
+        let Command::Switch(s) = cli.command else { panic!("not a switch") };
+        assert_eq!((s.transport.as_str(), s.retain, s.apply), ("oci", true, true));
+        assert!(s.no_signature_verification && !s.enforce_container_sigpolicy);
+        assert!(Cli::try_parse_from([
+            "bootc", "switch", "--enforce-container-sigpolicy", "--no-signature-verification", "x"
+        ])
+        .is_err());
+        let cli = Cli::try_parse_from(["bootc", "upgrade", "--check", "--quiet", "--tag", "v2"]).unwrap();
+        let Command::Upgrade(u) = cli.command else { panic!("not an upgrade") };
+        assert!(u.check && u.quiet && !u.apply);
+        assert_eq!(u.tag.as_deref(), Some("v2"));
+        assert!(Cli::try_parse_from(["bootc", "upgrade", "--check", "--apply"]).is_err());
+        let cli = Cli::try_parse_from(["bootc", "rollback", "--apply", "--sysroot", "/mnt"]).unwrap();
+        assert!(matches!(cli.command, Command::Rollback(crate::upgrade::RollbackArgs { apply: true })));
+        let cli = Cli::try_parse_from(["bootc", "internals", "finalize-staged"]).unwrap();
+        assert!(matches!(cli.command, Command::Internals(InternalsCommand::FinalizeStaged)));
     }
 
     #[test]

@@ -29,6 +29,10 @@ pub struct Staged {
     pub download_only: bool,
     /// When it was staged (RFC 3339, UTC).
     pub staged_at: String,
+    /// Keep image names that no deployment uses any more when pruning at
+    /// finalization (`switch --retain`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub retain: bool,
 }
 
 /// The path of `state/staged.json` in `sysroot`.
@@ -346,6 +350,7 @@ mod tests {
             id: "ab".repeat(32),
             download_only: false,
             staged_at: "2026-01-01T00:00:00Z".into(),
+            retain: false,
         };
         write_staged(td.path(), &st).unwrap();
         let text = std::fs::read_to_string(staged_path(td.path())).unwrap();

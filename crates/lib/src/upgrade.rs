@@ -1,0 +1,778 @@
+//! `bootc upgrade|switch|rollback` and `bootc internals finalize-staged`.
+//!
+//! 1. **Stage**: pull the tracked (or new) image; unless its digest is the
+//!    booted or staged one, create its deployment (/etc copied from the new
+//!    image, kernel arguments updated for kargs.d changes), copy its kernel
+//!    to the boot filesystem, and write `state/staged.json`. Nothing that
+//!    decides what boots changes.
+//! 2. **Finalize** (at shutdown on a booted host, at once with `--sysroot`):
+//!    three-way merge of /etc into a fresh directory swapped in as the new
+//!    deployment's /etc, then the boot entries (new default, booted as
+//!    rollback) in one atomic step, then `staged.json` removed, then pruning
+//!    and store GC.
+//! 3. **Rollback**: swap the first two boot entries; a staged deployment is
+//!    discarded.
+
+use std::collections::BTreeSet;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::str::FromStr;
+
+use anyhow::{Context, Result, bail};
+use bootc_boot::BlsEntry;
+use bootc_boot::entries::{boot_order, read_entries, renumber};
+use bootc_boot::esp::Esp;
+use bootc_boot::grub::{parse_grub_target, render_grub_cfg, write_grub_cfg};
+use bootc_oci::imgref::ImageRef;
+use bootc_spec::{ImageReference, ImageSignature};
+use bootc_store::{OciDigest, Store, StoredImage};
+use bootc_sysroot::lifecycle::{self, Staged};
+use bootc_sysroot::{Bootloader, Deployment, ImageMount, NewDeployment, deployment};
+use cap_std_ext::cap_std::{ambient_authority, fs::Dir};
+
+/// The systemd unit that finalizes a staged deployment at shutdown.
+pub const FINALIZE_UNIT: &str = "bootc-finalize-staged.service";
+
+/// Arguments of `bootc upgrade`.
+#[derive(Debug, clap::Args)]
+pub struct UpgradeArgs {
+    /// Only check for an update: fetch the manifest and config and print
+    /// the version, digest and timestamp that would be staged.
+    #[arg(long, conflicts_with = "apply")]
+    pub check: bool,
+    /// Reboot when an update was staged.
+    #[arg(long)]
+    pub apply: bool,
+    /// Print nothing but errors.
+    #[arg(long, short)]
+    pub quiet: bool,
+    /// Move to another tag of the tracked image.
+    #[arg(long, value_name = "TAG")]
+    pub tag: Option<String>,
+}
+
+/// Arguments of `bootc switch`.
+#[derive(Debug, clap::Args)]
+pub struct SwitchArgs {
+    /// The image to track from now on.
+    pub target: String,
+    /// The transport of the image (registry, oci, oci-archive, containers-storage).
+    #[arg(long, default_value = "registry")]
+    pub transport: String,
+    /// Keep the previous image's name in the store.
+    #[arg(long)]
+    pub retain: bool,
+    /// Reboot when the image was staged.
+    #[arg(long)]
+    pub apply: bool,
+    /// Refuse images that the signature policy accepts without checking.
+    #[arg(long, conflicts_with = "no_signature_verification")]
+    pub enforce_container_sigpolicy: bool,
+    /// Do not verify signatures of the image (record it as unverified).
+    #[arg(long)]
+    pub no_signature_verification: bool,
+    /// Print nothing but errors.
+    #[arg(long, short)]
+    pub quiet: bool,
+}
+
+/// Arguments of `bootc rollback`.
+#[derive(Debug, clap::Args)]
+pub struct RollbackArgs {
+    /// Reboot after changing the boot order.
+    #[arg(long)]
+    pub apply: bool,
+}
+
+/// The host being changed: its physical root and, when it is running, the
+/// booted deployment.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// The physical root filesystem.
+    pub sysroot: PathBuf,
+    /// The booted deployment; `None` offline (`--sysroot`).
+    pub booted: Option<String>,
+}
+
+impl Target {
+    /// `--sysroot PATH` (other than `/`) is an unbooted disk; else the
+    /// running host, which must be booted from a deployment.
+    pub fn find(sysroot: &Path) -> Result<Self> {
+        if sysroot != Path::new("/") {
+            anyhow::ensure!(
+                sysroot.join(bootc_sysroot::DEPLOY_DIR).is_dir(),
+                "{} has no deployments ({} missing); is it the root partition of an installed disk?",
+                sysroot.display(),
+                sysroot.join(bootc_sysroot::DEPLOY_DIR).display()
+            );
+            return Ok(Self {
+                sysroot: sysroot.to_owned(),
+                booted: None,
+            });
+        }
+        let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+        match bootc_sysroot::booted_deployment_id(&cmdline) {
+            Some(id) if Path::new("/sysroot/state/deploy").join(&id).is_dir() => Ok(Self {
+                sysroot: "/sysroot".into(),
+                booted: Some(id),
+            }),
+            _ => bail!(
+                "This system was not booted from a bootc deployment (no composefs= on the kernel command line); use --sysroot for a disk"
+            ),
+        }
+    }
+
+    fn boot_dir(&self) -> PathBuf {
+        self.sysroot.join("boot")
+    }
+
+    fn say(&self, quiet: bool, msg: impl std::fmt::Display) {
+        if !quiet {
+            println!("{msg}");
+        }
+    }
+}
+
+/// The deployments in boot order (default first), with their entries.
+fn current_order(t: &Target) -> Result<Vec<(String, BlsEntry)>> {
+    Ok(boot_order(read_entries(&t.boot_dir())?)
+        .into_iter()
+        .filter_map(|(_, e)| Some((e.deployment_id()?, e)))
+        .collect())
+}
+
+/// The deployment updates start from: the booted one, or offline the default.
+fn base_deployment(t: &Target, order: &[(String, BlsEntry)]) -> Result<Deployment> {
+    let id = match &t.booted {
+        Some(id) => id.clone(),
+        None => order
+            .first()
+            .map(|(id, _)| id.clone())
+            .with_context(|| format!("No boot entries in {}", t.boot_dir().display()))?,
+    };
+    deployment::load_deployment(&t.sysroot, &id)?
+        .with_context(|| format!("Deployment {id} named by the boot entries is missing"))
+}
+
+/// The image reference a deployment tracks, as we name it in the store.
+fn imgref_of(r: &ImageReference) -> Result<ImageRef> {
+    ImageRef::parse_with_transport(&r.image, &r.transport)
+        .with_context(|| format!("Parsing tracked image {}:{}", r.transport, r.image))
+}
+
+/// Give every deployment its own store tag (deployments made before tags
+/// existed are pinned by their image name while it still matches).
+fn pin_deployment_images(store: &Store, deps: &[Deployment]) -> Result<()> {
+    for d in deps {
+        let tag = lifecycle::deployment_tag(d.id());
+        if store.get(&tag)?.is_some() {
+            continue;
+        }
+        let name = imgref_of(&d.image)?.to_string();
+        match store.get(&name)? {
+            Some(img) if img.manifest_digest == d.manifest_digest => {
+                store.tag(&parse_digest(&d.manifest_digest)?, &tag)?
+            }
+            _ => tracing::warn!(
+                "image of deployment {} ({}) is not in the store under {name}",
+                d.id(),
+                d.manifest_digest
+            ),
+        }
+    }
+    Ok(())
+}
+
+fn parse_digest(d: &str) -> Result<OciDigest> {
+    OciDigest::from_str(d).with_context(|| format!("Parsing digest {d}"))
+}
+
+/// The stored image of deployment `id`.
+fn deployment_image(store: &Store, id: &str) -> Result<StoredImage> {
+    store
+        .get(&lifecycle::deployment_tag(id))?
+        .with_context(|| format!("The image of deployment {id} is not in the store"))
+}
+
+fn pull_options(
+    enforce: bool,
+    quiet: bool,
+    imgref: &ImageRef,
+) -> Result<(bootc_oci::pull::PullOptions, std::sync::Arc<bootc_oci::progress::PullProgress>)> {
+    let progress = crate::progress::reporter(imgref, quiet, None)?;
+    Ok((bootc_oci::pull::PullOptions {
+        enforce_sigpolicy: enforce,
+        authfile: bootc_oci::auth::find_authfile(Path::new("/"))?,
+        progress: progress.clone(),
+        policy_path: bootc_oci::policy::find_policy_path()
+            .unwrap_or_else(|_| bootc_oci::policy::DEFAULT_POLICY_PATH.into()),
+        registries_conf: std::env::var_os("CONTAINERS_REGISTRIES_CONF").map(Into::into),
+    }, progress))
+}
+
+/// The ESP of the disk holding `sysroot`: the partition of type ESP beside
+/// the root partition.
+fn find_esp(sysroot: &Path) -> Result<Esp> {
+    let out = Command::new("findmnt")
+        .args(["-n", "-o", "SOURCE", "-T"])
+        .arg(sysroot)
+        .output()
+        .context("Running findmnt")?;
+    anyhow::ensure!(out.status.success(), "findmnt found no filesystem at {}", sysroot.display());
+    let source = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let dev = bootc_install::filesystem::source_device(&source);
+    let disk = bootc_install::blockdev::parent_disk(&dev)?;
+    let esp = bootc_install::blockdev::find_partition_by_type(&disk, bootc_install::blockdev::ESP_GUID)?
+        .with_context(|| format!("No EFI system partition on {} (the disk of {})", disk.display(), sysroot.display()))?;
+    Ok(Esp::new(&esp))
+}
+
+fn fd_path(f: &std::fs::File) -> PathBuf {
+    PathBuf::from(format!("/proc/{}/fd/{}", std::process::id(), f.as_raw_fd()))
+}
+
+/// Make `entries` what boots: the bootloader's copy first (grub.cfg or the
+/// ESP), then `/boot/loader/entries` that status and rollback read; each is
+/// one atomic replacement.
+fn publish_entries(t: &Target, bootloader: Bootloader, entries: &[(String, BlsEntry)]) -> Result<()> {
+    let boot = t.boot_dir();
+    match bootloader {
+        Bootloader::Grub => {
+            let cfg_path = boot.join("grub/grub.cfg");
+            let cfg = std::fs::read_to_string(&cfg_path)
+                .with_context(|| format!("Reading {}", cfg_path.display()))?;
+            let target = parse_grub_target(&cfg)
+                .with_context(|| format!("{} names no boot filesystem", cfg_path.display()))?;
+            write_grub_cfg(&boot, &render_grub_cfg(entries, &target))?;
+        }
+        Bootloader::Systemd => find_esp(&t.sysroot)?.write_entries(entries)?,
+        Bootloader::None => {}
+    }
+    bootc_boot::entries::write_entries(&boot, entries)
+}
+
+/// Copy the kernel of `dep` (image mounted as `tree`) where its bootloader reads it.
+fn install_kernel(t: &Target, dep: &Deployment, tree: &bootc_sysroot::ImageTree) -> Result<()> {
+    let kernel = tree.find_kernel()?;
+    match dep.bootloader {
+        Bootloader::Grub => {
+            let mut k = tree.open_file(&kernel.vmlinuz)?;
+            let mut i = tree.open_file(&kernel.initramfs)?;
+            bootc_boot::entries::install_boot_files(&t.boot_dir(), dep.id(), &mut k, &mut i)
+        }
+        Bootloader::Systemd => {
+            let k = tree.open_file(&kernel.vmlinuz)?;
+            let i = tree.open_file(&kernel.initramfs)?;
+            find_esp(&t.sysroot)?.install_boot_files(dep.id(), &fd_path(&k), &fd_path(&i))
+        }
+        Bootloader::None => Ok(()),
+    }
+}
+
+fn remove_kernel(t: &Target, dep: &Deployment) -> Result<()> {
+    match dep.bootloader {
+        Bootloader::Grub => bootc_boot::entries::remove_boot_files(&t.boot_dir(), dep.id()),
+        Bootloader::Systemd => find_esp(&t.sysroot)?.remove_tree(&format!("/bootc/{}", dep.id())),
+        Bootloader::None => Ok(()),
+    }
+}
+
+/// What to stage.
+struct StageRequest {
+    imgref: ImageRef,
+    signature: Option<ImageSignature>,
+    enforce: bool,
+    retain: bool,
+    quiet: bool,
+}
+
+/// Stage `req`; `Ok(None)` when there is nothing new.
+async fn stage(t: &Target, store: &Store, req: &StageRequest) -> Result<Option<Deployment>> {
+    let order = current_order(t)?;
+    let base = base_deployment(t, &order)?;
+    let all = deployment::list_deployments(&t.sysroot)?;
+    pin_deployment_images(store, &all)?;
+    let (opts, progress) = pull_options(req.enforce, req.quiet, &req.imgref)?;
+    let outcome = bootc_oci::pull::pull(store, &req.imgref, &opts).await;
+    progress.finish();
+    let image = outcome?.image;
+    let staged = lifecycle::read_staged(&t.sysroot)?;
+    let staged_dep = match &staged {
+        Some(s) => deployment::load_deployment(&t.sysroot, &s.id)?,
+        None => None,
+    };
+    let new_ref = ImageReference {
+        image: req.imgref.name.clone(),
+        transport: req.imgref.transport.as_str().to_owned(),
+        signature: req.signature.clone(),
+    };
+    if image.manifest_digest == base.manifest_digest && new_ref == base.image {
+        t.say(req.quiet, format!("No changes in {}", req.imgref));
+        return Ok(None);
+    }
+    if let Some(sd) = &staged_dep
+        && sd.manifest_digest == image.manifest_digest
+        && sd.image == new_ref
+    {
+        t.say(req.quiet, format!("No changes in {} (already staged)", req.imgref));
+        return Ok(None);
+    }
+    let id = image
+        .composefs_image
+        .clone()
+        .with_context(|| format!("Image {} has no composefs image", image.image))?;
+    anyhow::ensure!(
+        id != base.id(),
+        "Image {} is the deployment {} already in use; nothing to stage",
+        req.imgref,
+        base.id()
+    );
+    // A different staged deployment is replaced.
+    if let (Some(s), Some(sd)) = (&staged, &staged_dep)
+        && s.id != id
+    {
+        discard_staged(t, store, sd, &order)?;
+    }
+    let new_mount = ImageMount::new(store, &image)?;
+    let base_mount = ImageMount::new(store, &deployment_image(store, base.id())?)?;
+    let old_kd = bootc_install::config::load_kargs(&base_mount)?;
+    let new_kd = bootc_install::config::load_kargs(&new_mount)?;
+    drop(base_mount);
+    let kargs = lifecycle::update_kargs(&base.kargs, &old_kd, &new_kd, &id);
+    let new = NewDeployment {
+        imgref: new_ref,
+        stateroot: base.stateroot.clone(),
+        kargs,
+        bootloader: base.bootloader,
+        kernel: new_mount.find_kernel()?,
+    };
+    let dep = if deployment::deployment_dir(&t.sysroot, &id).exists() {
+        if order.iter().any(|(o, _)| o == &id) {
+            // An older deployment of the same image (e.g. the rollback) that
+            // still has a boot entry: keep its directory, give it the new
+            // record; finalization merges /etc into it afresh.
+            reuse_deployment(store, &image, &new, &id)?
+        } else {
+            lifecycle::remove_deployment_dir(&t.sysroot, &id)?;
+            bootc_sysroot::create_deployment(store, &new_mount, &image, &new)?
+        }
+    } else {
+        bootc_sysroot::create_deployment(store, &new_mount, &image, &new)?
+    };
+    install_kernel(t, &dep, &new_mount)?;
+    lifecycle::write_staged(
+        &t.sysroot,
+        &Staged {
+            id: id.clone(),
+            download_only: false,
+            staged_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            retain: req.retain,
+        },
+    )?;
+    Ok(Some(dep))
+}
+
+/// Rewrite the record of the existing deployment `id` for `new`.
+fn reuse_deployment(store: &Store, image: &StoredImage, new: &NewDeployment, id: &str) -> Result<Deployment> {
+    use cap_std_ext::dirext::CapStdExtDirExt;
+    let old = deployment::load_deployment(store.sysroot(), id)?
+        .with_context(|| format!("Deployment {id} vanished"))?;
+    let dep = Deployment {
+        image: new.imgref.clone(),
+        kargs: new.kargs.clone(),
+        created: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        ..old
+    };
+    store.tag(&parse_digest(&image.manifest_digest)?, &lifecycle::deployment_tag(id))?;
+    let dir = deployment::deployment_dir(store.sysroot(), id);
+    let d = Dir::open_ambient_dir(&dir, ambient_authority())
+        .with_context(|| format!("Opening {}", dir.display()))?;
+    d.atomic_write(deployment::DEPLOYMENT_JSON, dep.to_json())
+        .with_context(|| format!("Writing {}/{}", dir.display(), deployment::DEPLOYMENT_JSON))?;
+    Ok(dep)
+}
+
+/// Remove a staged deployment that is not (also) in the boot entries.
+fn discard_staged(t: &Target, store: &Store, dep: &Deployment, order: &[(String, BlsEntry)]) -> Result<()> {
+    lifecycle::remove_staged(&t.sysroot)?;
+    if order.iter().any(|(id, _)| id == dep.id()) || t.booted.as_deref() == Some(dep.id()) {
+        return Ok(());
+    }
+    remove_kernel(t, dep)?;
+    lifecycle::remove_deployment_dir(&t.sysroot, dep.id())?;
+    store.untag(&lifecycle::deployment_tag(dep.id()))?;
+    Ok(())
+}
+
+/// Finalize the staged deployment: merge /etc, write the entries, prune.
+pub fn finalize(t: &Target, store: &Store, staged: &Staged) -> Result<Deployment> {
+    let new = deployment::load_deployment(&t.sysroot, &staged.id)?
+        .with_context(|| format!("The staged deployment {} is missing", staged.id))?;
+    let order = current_order(t)?;
+    let booted = base_deployment(t, &order)?;
+
+    // /etc: pristine = booted image, current = booted deployment's /etc.
+    let report = {
+        let pristine = ImageMount::new(store, &deployment_image(store, booted.id())?)?;
+        let new_img = ImageMount::new(store, &deployment_image(store, new.id())?)?;
+        let dep_dir = deployment::deployment_dir(&t.sysroot, new.id());
+        let merged = dep_dir.join(".etc-merged");
+        if merged.symlink_metadata().is_ok() {
+            std::fs::remove_dir_all(&merged)
+                .with_context(|| format!("Removing stale {}", merged.display()))?;
+        }
+        std::fs::create_dir(&merged).with_context(|| format!("Creating {}", merged.display()))?;
+        let open = |p: &Path| {
+            Dir::open_ambient_dir(p, ambient_authority()).with_context(|| format!("Opening {}", p.display()))
+        };
+        let empty = tempfile::tempdir()?;
+        let etc_or_empty = |root: &Path| {
+            let p = root.join("etc");
+            if p.is_dir() { open(&p) } else { open(empty.path()) }
+        };
+        let report = bootc_etc_merge::merge(
+            &etc_or_empty(pristine.path())?,
+            &open(&deployment::deployment_dir(&t.sysroot, booted.id()).join("etc"))?,
+            &etc_or_empty(new_img.path())?,
+            &open(&merged)?,
+        )
+        .with_context(|| format!("Merging /etc of {} into {}", booted.id(), new.id()))?;
+        let fd = rustix::fs::open(
+            &dep_dir,
+            rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::CLOEXEC,
+            rustix::fs::Mode::empty(),
+        )
+        .with_context(|| format!("Opening {}", dep_dir.display()))?;
+        rustix::fs::syncfs(&fd).context("Syncing the sysroot")?;
+        rustix::fs::renameat_with(&fd, ".etc-merged", &fd, "etc", rustix::fs::RenameFlags::EXCHANGE)
+            .with_context(|| format!("Exchanging {} with its etc", merged.display()))?;
+        rustix::fs::fsync(&fd).context("Syncing the deployment directory")?;
+        std::fs::remove_dir_all(&merged)
+            .with_context(|| format!("Removing the unmerged {}", merged.display()))?;
+        report
+    };
+    for c in &report.conflicts {
+        eprintln!(
+            "bootc: /etc merge conflict at /etc/{}: {} (kept the local version)",
+            c.path.display(),
+            c.reason
+        );
+    }
+    for s in &report.skipped {
+        eprintln!("bootc: /etc merge skipped /etc/{}: {}", s.path.display(), s.reason);
+    }
+
+    // Entries: new default, booted as rollback; prune the rest.
+    let ids: Vec<String> = order.iter().map(|(id, _)| id.clone()).collect();
+    let new_order = lifecycle::order_after_finalize(&ids, new.id(), booted.id());
+    let all = deployment::list_deployments(&t.sysroot)?;
+    let present: BTreeSet<String> = all.iter().map(|d| d.id().to_owned()).collect();
+    let pinned: BTreeSet<String> = present
+        .iter()
+        .filter(|id| lifecycle::is_pinned(&t.sysroot, id))
+        .cloned()
+        .collect();
+    let keep_booted = t.booted.as_deref().or(Some(booted.id()));
+    let (keep, remove) = lifecycle::select_prune(&new_order, keep_booted, None, &pinned, &present);
+    let title = {
+        let img = ImageMount::new(store, &deployment_image(store, new.id())?)?;
+        bootc_install::deploy::entry_title(
+            img.os_release()?.pretty_name(),
+            new.version.as_deref(),
+            &new.manifest_digest,
+        )
+    };
+    let new_entry = BlsEntry::for_deployment(&title, 0, new.id(), &new.cmdline(), &new.stateroot);
+    let entries: Vec<BlsEntry> = keep
+        .iter()
+        .map(|id| {
+            if id == new.id() {
+                new_entry.clone()
+            } else {
+                order
+                    .iter()
+                    .find(|(o, _)| o == id)
+                    .map(|(_, e)| e.clone())
+                    .expect("kept ids come from the order")
+            }
+        })
+        .collect();
+    publish_entries(t, new.bootloader, &renumber(entries, &new.stateroot))?;
+    lifecycle::remove_staged(&t.sysroot)?;
+
+    prune(t, store, &all, &remove, staged.retain)?;
+    Ok(new)
+}
+
+/// Remove the deployments `remove`, then image names no deployment uses
+/// (unless `retain`), then unreferenced store content.
+fn prune(t: &Target, store: &Store, all: &[Deployment], remove: &[String], retain: bool) -> Result<()> {
+    for d in all.iter().filter(|d| remove.iter().any(|r| r == d.id())) {
+        remove_kernel(t, d)?;
+        lifecycle::remove_deployment_dir(&t.sysroot, d.id())?;
+        store.untag(&lifecycle::deployment_tag(d.id()))?;
+    }
+    if !retain {
+        let remaining = deployment::list_deployments(&t.sysroot)?;
+        let used: BTreeSet<&str> = remaining.iter().map(|d| d.manifest_digest.as_str()).collect();
+        let tracked: BTreeSet<String> = all
+            .iter()
+            .filter_map(|d| imgref_of(&d.image).ok().map(|r| r.to_string()))
+            .collect();
+        for img in store.list()? {
+            if tracked.contains(&img.image) && !used.contains(img.manifest_digest.as_str()) {
+                store.untag(&img.image)?;
+            }
+        }
+    }
+    let r = store.gc(&[])?;
+    tracing::info!("gc removed {} objects ({} bytes)", r.objects_removed, r.bytes_removed);
+    Ok(())
+}
+
+/// Stage, then finalize at once (offline) or leave it to the shutdown unit.
+async fn stage_and_finish(t: &Target, req: StageRequest, apply: bool) -> Result<()> {
+    let store = Store::ensure(&t.sysroot)?;
+    let lock = crate::image::lock(&store)?;
+    let Some(dep) = stage(t, &store, &req).await? else {
+        return Ok(());
+    };
+    let what = format!(
+        "{} ({}{})",
+        req.imgref,
+        dep.manifest_digest,
+        dep.version.as_deref().map(|v| format!(", version {v}")).unwrap_or_default()
+    );
+    if t.booted.is_none() {
+        let staged = lifecycle::read_staged(&t.sysroot)?.context("staged.json vanished")?;
+        finalize(t, &store, &staged)?;
+        t.say(req.quiet, format!("Deployed {what}; it boots next on {}", t.sysroot.display()));
+        if apply {
+            eprintln!("Not rebooting: --apply has no meaning with --sysroot");
+        }
+        return Ok(());
+    }
+    drop(lock);
+    start_finalize_unit();
+    t.say(req.quiet, format!("Queued for next boot: {what}"));
+    if apply {
+        reboot()?;
+    }
+    Ok(())
+}
+
+/// Arm the unit whose stop finalizes at shutdown. Without systemd (or the
+/// unit) the staged deployment waits for `bootc internals finalize-staged`.
+fn start_finalize_unit() {
+    match Command::new("systemctl").args(["start", FINALIZE_UNIT]).status() {
+        Ok(s) if s.success() => {}
+        Ok(s) => eprintln!("warning: systemctl start {FINALIZE_UNIT} failed ({s}); the update is staged but will be applied only by `bootc internals finalize-staged`"),
+        Err(e) => eprintln!("warning: cannot run systemctl ({e}); the update is staged but will be applied only by `bootc internals finalize-staged`"),
+    }
+}
+
+fn reboot() -> Result<()> {
+    let s = Command::new("systemctl").arg("reboot").status().context("Running systemctl reboot")?;
+    anyhow::ensure!(s.success(), "systemctl reboot failed ({s})");
+    Ok(())
+}
+
+/// `--tag TAG` on an image name: the name with its tag replaced.
+pub fn with_tag(r: &ImageRef, tag: &str) -> Result<ImageRef> {
+    use bootc_oci::imgref::Transport;
+    anyhow::ensure!(
+        !tag.is_empty() && !tag.contains(['/', ':', '@']),
+        "invalid tag {tag:?}"
+    );
+    let name = &r.name;
+    let new_name = match r.transport {
+        Transport::OciDir | Transport::OciArchive => match name.rsplit_once(':') {
+            Some((path, _)) if !path.is_empty() => format!("{path}:{tag}"),
+            _ => format!("{name}:{tag}"),
+        },
+        _ => {
+            let base = name.split('@').next().unwrap_or(name);
+            let last_slash = base.rfind('/').map(|i| i + 1).unwrap_or(0);
+            let repo = match base[last_slash..].rfind(':') {
+                Some(c) => &base[..last_slash + c],
+                None => base,
+            };
+            format!("{repo}:{tag}")
+        }
+    };
+    Ok(ImageRef::parse_with_transport(&new_name, r.transport.as_str())?)
+}
+
+/// `bootc upgrade`.
+pub async fn upgrade(sysroot: &Path, args: UpgradeArgs) -> Result<()> {
+    let t = Target::find(sysroot)?;
+    let order = current_order(&t)?;
+    let base = base_deployment(&t, &order)?;
+    let mut imgref = imgref_of(&base.image)?;
+    if let Some(tag) = &args.tag {
+        imgref = with_tag(&imgref, tag)?;
+    }
+    if args.check {
+        return check(&t, &base, &imgref, args.quiet);
+    }
+    let req = StageRequest {
+        imgref,
+        signature: base.image.signature.clone(),
+        enforce: base.image.signature == Some(ImageSignature::ContainerPolicy),
+        retain: false,
+        quiet: args.quiet,
+    };
+    stage_and_finish(&t, req, args.apply).await
+}
+
+/// `bootc switch`.
+pub async fn switch(sysroot: &Path, args: SwitchArgs) -> Result<()> {
+    let t = Target::find(sysroot)?;
+    let imgref = if args.target.contains("://") || args.transport == "registry" {
+        ImageRef::parse(&args.target).or_else(|_| ImageRef::parse_with_transport(&args.target, &args.transport))?
+    } else {
+        ImageRef::parse_with_transport(&args.target, &args.transport)?
+    };
+    let signature = if args.enforce_container_sigpolicy {
+        Some(ImageSignature::ContainerPolicy)
+    } else if args.no_signature_verification {
+        Some(ImageSignature::Insecure)
+    } else {
+        None
+    };
+    let req = StageRequest {
+        imgref,
+        signature,
+        enforce: args.enforce_container_sigpolicy,
+        retain: args.retain,
+        quiet: args.quiet,
+    };
+    stage_and_finish(&t, req, args.apply).await
+}
+
+/// `bootc upgrade --check`: the manifest and config only, via skopeo.
+fn check(t: &Target, base: &Deployment, imgref: &ImageRef, quiet: bool) -> Result<()> {
+    let out = Command::new("skopeo")
+        .arg("inspect")
+        .arg(imgref.to_skopeo_string())
+        .output()
+        .context("Running skopeo inspect")?;
+    if !out.status.success() {
+        bail!(
+            "Inspecting {imgref}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).context("Parsing skopeo inspect output")?;
+    let digest = v["Digest"].as_str().unwrap_or_default();
+    let created = v["Created"].as_str().unwrap_or("-");
+    let version = v["Labels"]["org.opencontainers.image.version"].as_str().unwrap_or("-");
+    let staged = lifecycle::read_staged(&t.sysroot)?
+        .and_then(|s| deployment::load_deployment(&t.sysroot, &s.id).ok().flatten());
+    if digest == base.manifest_digest || staged.as_ref().is_some_and(|s| s.manifest_digest == digest) {
+        t.say(quiet, format!("No changes in: {imgref}"));
+    } else {
+        t.say(
+            quiet,
+            format!("Update available for: {imgref}\n  Version: {version}\n  Digest: {digest}\n  Timestamp: {created}"),
+        );
+    }
+    Ok(())
+}
+
+/// `bootc rollback`.
+pub fn rollback(sysroot: &Path, args: RollbackArgs) -> Result<()> {
+    let t = Target::find(sysroot)?;
+    let store = Store::open(&t.sysroot)?.with_context(|| format!("No image store in {}", t.sysroot.display()))?;
+    let _lock = crate::image::lock(&store)?;
+    let order = current_order(&t)?;
+    let ids: Vec<String> = order.iter().map(|(id, _)| id.clone()).collect();
+    let new_order = lifecycle::order_after_rollback(&ids).context("No rollback deployment to go back to")?;
+    if let Some(s) = lifecycle::read_staged(&t.sysroot)? {
+        match deployment::load_deployment(&t.sysroot, &s.id)? {
+            Some(d) => discard_staged(&t, &store, &d, &order)?,
+            None => lifecycle::remove_staged(&t.sysroot)?,
+        }
+        println!("Discarded the staged deployment {}", s.id);
+    }
+    let next = deployment::load_deployment(&t.sysroot, &new_order[0])?
+        .with_context(|| format!("Deployment {} of the boot entries is missing", new_order[0]))?;
+    let entries: Vec<BlsEntry> = new_order
+        .iter()
+        .map(|id| order.iter().find(|(o, _)| o == id).map(|(_, e)| e.clone()).expect("same ids"))
+        .collect();
+    publish_entries(&t, next.bootloader, &renumber(entries, &next.stateroot))?;
+    println!(
+        "Next boot: {} ({}), deployment {}",
+        imgref_of(&next.image).map(|r| r.to_string()).unwrap_or_else(|_| next.image.image.clone()),
+        next.manifest_digest,
+        next.id()
+    );
+    if args.apply {
+        if t.booted.is_some() {
+            reboot()?;
+        } else {
+            eprintln!("Not rebooting: --apply has no meaning with --sysroot");
+        }
+    }
+    Ok(())
+}
+
+/// `bootc internals finalize-staged` (the shutdown unit's ExecStop).
+pub fn finalize_staged(sysroot: &Path) -> Result<()> {
+    let t = match Target::find(sysroot) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("bootc: nothing to finalize: {e:#}");
+            return Ok(());
+        }
+    };
+    let Some(staged) = lifecycle::read_staged(&t.sysroot)? else {
+        println!("bootc: no staged deployment");
+        return Ok(());
+    };
+    if staged.download_only {
+        println!("bootc: staged deployment {} is download-only; not finalizing", staged.id);
+        return Ok(());
+    }
+    let store = Store::open(&t.sysroot)?.with_context(|| format!("No image store in {}", t.sysroot.display()))?;
+    let _lock = crate::image::lock(&store)?;
+    match finalize(&t, &store, &staged) {
+        Ok(d) => {
+            println!("bootc: finalized deployment {} ({})", d.id(), d.manifest_digest);
+            Ok(())
+        }
+        Err(e) => {
+            eprintln!(
+                "bootc: finalizing staged deployment {} failed; the previous default still boots: {e:#}",
+                staged.id
+            );
+            Err(e)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tag_replacement() {
+        let cases = [
+            ("quay.io/example/os:v1", "registry", "v2", "quay.io/example/os:v2"),
+            ("quay.io/example/os", "registry", "v2", "quay.io/example/os:v2"),
+            ("localhost:5000/os:v1", "registry", "v2", "localhost:5000/os:v2"),
+            ("localhost:5000/os", "registry", "v2", "localhost:5000/os:v2"),
+            ("localhost/os:latest", "containers-storage", "v2", "localhost/os:v2"),
+            ("/srv/layout:v1", "oci", "v2", "/srv/layout:v2"),
+            ("/srv/layout", "oci", "v2", "/srv/layout:v2"),
+        ];
+        for (name, transport, tag, expect) in cases {
+            let r = ImageRef::parse_with_transport(name, transport).unwrap();
+            assert_eq!(with_tag(&r, tag).unwrap().name, expect, "{name}");
+        }
+        let r = ImageRef::parse("quay.io/x:1").unwrap();
+        assert!(with_tag(&r, "a/b").is_err());
+    }
+}
