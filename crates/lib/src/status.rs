@@ -12,6 +12,7 @@ use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
+use crate::deployments::HostState;
 use bootc_spec::{
     BootEntry, BootEntryComposefs, BootOrder, BootType, Bootloader, Host, HostSpec, HostType,
     ImageReference, ImageStatus, Slot,
@@ -69,6 +70,8 @@ pub struct DeploymentView {
     pub insecure: bool,
     /// Whether pinned.
     pub pinned: bool,
+    /// Whether staged with `--download-only`.
+    pub download_only: bool,
 }
 
 impl DeploymentView {
@@ -83,6 +86,7 @@ impl DeploymentView {
         BootEntry {
             image: Some(image),
             pinned: self.pinned,
+            download_only: self.download_only,
             composefs: Some(BootEntryComposefs {
                 verity: self.id.clone(),
                 boot_type: BootType::Bls,
@@ -95,33 +99,64 @@ impl DeploymentView {
     }
 }
 
-/// Build the host from deployments in boot order (first = default) and the
-/// booted deployment's id, if the host is booted.
-pub fn build_host(deployments: &[DeploymentView], booted: Option<&str>) -> Host {
+/// Build the host from its deployments by role and the booted deployment's
+/// id, if the host is booted (offline, the default entry plays "booted").
+///
+/// - staged: `state/staged.json`;
+/// - booted: named by the command line, else the default entry;
+/// - rollback: the first entry in boot order that is not the booted one;
+/// - rollbackQueued: booted, and the default entry is not the booted one;
+/// - otherDeployments: pinned deployments in no other role.
+pub fn build_host(state: &HostState, booted: Option<&str>) -> Host {
     let mut host = Host::default();
-    let booted_idx = match booted {
-        Some(id) => deployments.iter().position(|d| d.id == id),
-        None => (!deployments.is_empty()).then_some(0),
+    let booted_view = match booted {
+        Some(id) => state.order.iter().chain(&state.others).find(|d| d.id == id),
+        None => state.order.first(),
     };
-    let Some(bi) = booted_idx else {
+    if let Some(s) = &state.staged {
+        host.status.staged = Some(s.entry());
+    }
+    let Some(b) = booted_view else {
+        if let Some(s) = &state.staged {
+            host.spec.image = Some(s.image.clone());
+        }
         return host;
     };
-    let b = &deployments[bi];
+    let queued = booted.is_some() && state.order.first().is_some_and(|d| d.id != b.id);
     host.spec = HostSpec {
-        image: Some(b.image.clone()),
-        boot_order: BootOrder::Default,
+        image: Some(
+            state
+                .staged
+                .as_ref()
+                .map(|s| s.image.clone())
+                .unwrap_or_else(|| b.image.clone()),
+        ),
+        boot_order: if queued {
+            BootOrder::Rollback
+        } else {
+            BootOrder::Default
+        },
     };
     host.status.booted = Some(b.entry());
     host.status.ty = Some(HostType::BootcHost);
-    let mut rest = deployments
-        .iter()
-        .enumerate()
-        .filter(|(i, _)| *i != bi)
-        .map(|(_, d)| d);
-    if let Some(r) = rest.next() {
+    host.status.rollback_queued = queued;
+    let rollback = state.order.iter().find(|d| d.id != b.id);
+    if let Some(r) = rollback {
         host.status.rollback = Some(r.entry());
     }
-    host.status.other_deployments = rest.filter(|d| d.pinned).map(|d| d.entry()).collect();
+    let staged_id = state.staged.as_ref().map(|s| s.id.as_str());
+    host.status.other_deployments = state
+        .order
+        .iter()
+        .chain(&state.others)
+        .filter(|d| {
+            d.pinned
+                && d.id != b.id
+                && Some(d.id.as_str()) != rollback.map(|r| r.id.as_str())
+                && Some(d.id.as_str()) != staged_id
+        })
+        .map(|d| d.entry())
+        .collect();
     host
 }
 
@@ -214,14 +249,14 @@ fn physical_root(sysroot: &Path, cmdline: &str) -> (PathBuf, Option<String>) {
 pub fn run(sysroot: &Path, args: StatusArgs) -> Result<()> {
     let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
     let (root, booted) = physical_root(sysroot, &cmdline);
-    let deployments = crate::deployments::load_views(&root)
+    let state = crate::deployments::load_state(&root)
         .with_context(|| format!("Loading deployments of {}", root.display()))?;
     if let Some(id) = &booted
-        && !deployments.iter().any(|d| &d.id == id)
+        && !state.order.iter().chain(&state.others).any(|d| &d.id == id)
     {
         bail!("The booted deployment {id} is not in {}", root.display());
     }
-    let mut host = build_host(&deployments, booted.as_deref());
+    let mut host = build_host(&state, booted.as_deref());
     if args.booted {
         host.filter_to_slot(Slot::Booted);
     }
@@ -258,6 +293,14 @@ mod tests {
             bootloader: Bootloader::Grub,
             insecure: true,
             pinned: false,
+            download_only: false,
+        }
+    }
+
+    fn state(order: &[DeploymentView]) -> HostState {
+        HostState {
+            order: order.to_vec(),
+            ..Default::default()
         }
     }
 
@@ -265,28 +308,57 @@ mod tests {
     fn booted_and_rollback() {
         let v2 = view("b", "v2");
         let v1 = view("a", "v1");
-        let host = build_host(&[v2.clone(), v1.clone()], Some(&v2.id));
+        let host = build_host(&state(&[v2.clone(), v1.clone()]), Some(&v2.id));
         assert_eq!(host.spec.image.as_ref().unwrap().image, "quay.io/example/os:v2");
         let booted = host.status.booted.as_ref().unwrap();
         assert_eq!(booted.composefs.as_ref().unwrap().verity, v2.id);
         let rb = host.status.rollback.as_ref().unwrap();
         assert_eq!(rb.image.as_ref().unwrap().version.as_deref(), Some("v1"));
-        // Booted into the rollback entry: the roles follow the command line.
-        let host = build_host(&[v2.clone(), v1.clone()], Some(&v1.id));
+        assert!(!host.status.rollback_queued);
+        // Booted into the rollback entry: the roles follow the command line,
+        // and the default entry is not the booted one: rollback queued.
+        let host = build_host(&state(&[v2.clone(), v1.clone()]), Some(&v1.id));
+        assert!(host.status.rollback_queued);
+        assert_eq!(host.spec.boot_order, BootOrder::Rollback);
         assert_eq!(host.status.booted.unwrap().composefs.unwrap().verity, v1.id);
         assert_eq!(host.status.rollback.unwrap().composefs.unwrap().verity, v2.id);
+        // Offline: the default plays booted, never queued.
+        let host = build_host(&state(&[v1.clone(), v2.clone()]), None);
+        assert!(!host.status.rollback_queued);
+        assert_eq!(host.status.booted.unwrap().composefs.unwrap().verity, v1.id);
+    }
+
+    #[test]
+    fn staged_and_pinned() {
+        let (v1, v2, mut v0) = (view("a", "v1"), view("b", "v2"), view("c", "v0"));
+        let mut staged = view("d", "v3");
+        staged.download_only = true;
+        v0.pinned = true;
+        let st = HostState {
+            order: vec![v2.clone(), v1.clone(), v0.clone()],
+            staged: Some(staged.clone()),
+            others: vec![],
+        };
+        let host = build_host(&st, Some(&v2.id));
+        let s = host.status.staged.as_ref().unwrap();
+        assert!(s.download_only);
+        assert_eq!(s.composefs.as_ref().unwrap().verity, staged.id);
+        assert_eq!(host.spec.image.as_ref().unwrap().image, "quay.io/example/os:v3");
+        assert_eq!(host.status.other_deployments.len(), 1);
+        assert!(host.status.other_deployments[0].pinned);
+        assert_eq!(host.status.rollback.unwrap().composefs.unwrap().verity, v1.id);
     }
 
     #[test]
     fn empty_host_is_not_deployed() {
-        let host = build_host(&[], None);
+        let host = build_host(&HostState::default(), None);
         assert!(host.status.booted.is_none());
         assert_eq!(render_human(&host, false), "System is not deployed via bootc.\n");
     }
 
     #[test]
     fn human_rendering() {
-        let host = build_host(&[view("b", "v2")], None);
+        let host = build_host(&state(&[view("b", "v2")]), None);
         let expect = "\
 ● Booted image: quay.io/example/os:v2
         Digest: sha256:bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb (amd64)
@@ -313,9 +385,17 @@ No rollback image is present
         let mut pinned = view("c", "v0");
         pinned.pinned = true;
         for host in [
-            build_host(&[], None),
-            build_host(&[view("b", "v2")], None),
-            build_host(&[view("b", "v2"), view("a", "v1"), pinned], Some(&view("a", "v1").id)),
+            build_host(&HostState::default(), None),
+            build_host(&state(&[view("b", "v2")]), None),
+            build_host(&state(&[view("b", "v2"), view("a", "v1"), pinned.clone()]), Some(&view("a", "v1").id)),
+            build_host(
+                &HostState {
+                    order: vec![view("b", "v2"), view("a", "v1"), pinned],
+                    staged: Some(view("d", "v3")),
+                    others: vec![],
+                },
+                Some(&view("b", "v2").id),
+            ),
         ] {
             let json = serde_json::to_value(&host).unwrap();
             let errors: Vec<String> = validator
