@@ -1,0 +1,158 @@
+//! Offline lifecycle on a loop disk: install v1 (GRUB), edit /etc, upgrade
+//! to v2 with `--sysroot`, check entries, grub.cfg, kargs and the /etc
+//! merge, then roll back.
+//!
+//! Needs root, podman and the example image `localhost/bootc-example:latest`
+//! (built by examples/build.sh); skipped otherwise.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const REPO: &str = "localhost/bootc-lifecycle-test";
+
+fn sh(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn bootc(args: &[&str]) {
+    let mut v = vec!["bootc".to_owned()];
+    v.extend(args.iter().map(|s| s.to_string()));
+    bootc_lib::cli::run_from_args(v.into_iter().map(Into::into))
+        .unwrap_or_else(|e| panic!("bootc {args:?}: {e:#}"));
+}
+
+fn image_exists(name: &str) -> bool {
+    Command::new("podman")
+        .args(["image", "exists", name])
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Loop device + mount of the root partition, undone on drop.
+struct Mounted {
+    loopdev: String,
+    mnt: PathBuf,
+}
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.mnt).status();
+        let _ = Command::new("partx").args(["-d", &self.loopdev]).status();
+        let _ = Command::new("losetup").args(["-d", &self.loopdev]).status();
+    }
+}
+
+fn entries(mnt: &Path) -> Vec<String> {
+    let mut v: Vec<_> = std::fs::read_dir(mnt.join("boot/loader/entries"))
+        .unwrap()
+        .map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap())
+        .collect();
+    v.sort();
+    v
+}
+
+/// The `options` of the entry with the highest version.
+fn default_options(mnt: &Path) -> String {
+    let mut best = (0u64, String::new());
+    for e in entries(mnt) {
+        let v: u64 = e
+            .lines()
+            .find_map(|l| l.strip_prefix("version "))
+            .unwrap()
+            .parse()
+            .unwrap();
+        let o = e.lines().find_map(|l| l.strip_prefix("options ")).unwrap();
+        if v > best.0 {
+            best = (v, o.to_owned());
+        }
+    }
+    best.1
+}
+
+#[test]
+fn offline_upgrade_and_rollback() {
+    if !rustix::process::getuid().is_root() || !image_exists("localhost/bootc-example:latest") {
+        eprintln!("skipped: needs root and localhost/bootc-example:latest");
+        return;
+    }
+    let td = tempfile::tempdir().unwrap();
+    sh(Command::new("podman").args(["tag", "localhost/bootc-example:latest", &format!("{REPO}:v1")]));
+    let cf = td.path().join("Containerfile");
+    std::fs::write(
+        &cf,
+        format!(
+            "FROM {REPO}:v1\nRUN echo v2 > /usr/share/lifecycle-v2 && echo new > /etc/lifecycle.conf && mkdir -p /usr/lib/bootc/kargs.d && printf 'kargs = [\"lifecycle=1\"]\\n' > /usr/lib/bootc/kargs.d/50-lifecycle.toml\nLABEL org.opencontainers.image.version=v2\n"
+        ),
+    )
+    .unwrap();
+    sh(Command::new("podman")
+        .args(["build", "--isolation=chroot", "-q", "-t", &format!("{REPO}:v2"), "-f"])
+        .arg(&cf)
+        .arg(td.path()));
+    sh(Command::new("podman").args(["tag", &format!("{REPO}:v1"), &format!("{REPO}:cur")]));
+
+    let disk = td.path().join("disk.img");
+    std::fs::File::create(&disk).unwrap().set_len(6 << 30).unwrap();
+    let disk_s = disk.to_str().unwrap();
+    let src = format!("containers-storage:{REPO}:cur");
+    bootc(&[
+        "install", "to-disk", "--via-loopback", "--bootloader", "grub", "--source-imgref", &src,
+        "--karg", "localarg=1", disk_s,
+    ]);
+
+    let loopdev = sh(Command::new("losetup").args(["-f", "--show", disk_s]))
+        .trim()
+        .to_owned();
+    let mnt = td.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let m = Mounted { loopdev: loopdev.clone(), mnt: mnt.clone() };
+    sh(Command::new("partx").args(["-a", &loopdev]));
+    sh(Command::new("mount").arg(format!("{loopdev}p3")).arg(&mnt));
+    let sysroot = mnt.to_str().unwrap();
+
+    let v1 = std::fs::read_dir(mnt.join("state/deploy"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .find(|n| !n.starts_with('.'))
+        .unwrap();
+    let etc = mnt.join("state/deploy").join(&v1).join("etc");
+    std::fs::write(etc.join("hostname"), "edited\n").unwrap();
+    std::fs::write(etc.join("local-added"), "x\n").unwrap();
+    assert_eq!(entries(&mnt).len(), 1);
+
+    // Nothing new yet.
+    bootc(&["upgrade", "--quiet", "--sysroot", sysroot]);
+    assert_eq!(entries(&mnt).len(), 1);
+
+    sh(Command::new("podman").args(["tag", &format!("{REPO}:v2"), &format!("{REPO}:cur")]));
+    bootc(&["upgrade", "--quiet", "--sysroot", sysroot]);
+    assert!(!mnt.join("state/staged.json").exists());
+    assert_eq!(entries(&mnt).len(), 2);
+    let opts = default_options(&mnt);
+    assert!(opts.contains("lifecycle=1") && opts.contains("localarg=1"), "{opts}");
+    assert!(!opts.contains(&v1), "{opts}");
+    let v2 = opts
+        .split_whitespace()
+        .find_map(|a| a.strip_prefix("composefs="))
+        .unwrap()
+        .to_owned();
+    let etc2 = mnt.join("state/deploy").join(&v2).join("etc");
+    assert_eq!(std::fs::read_to_string(etc2.join("hostname")).unwrap(), "edited\n");
+    assert!(etc2.join("local-added").exists());
+    assert_eq!(std::fs::read_to_string(etc2.join("lifecycle.conf")).unwrap(), "new\n");
+    let grub = std::fs::read_to_string(mnt.join("boot/grub/grub.cfg")).unwrap();
+    let first = grub.find("menuentry").unwrap();
+    assert!(grub[first..].find(&v2) < grub[first..].find(&v1), "{grub}");
+    assert!(mnt.join("boot/bootc").join(&v2).join("vmlinuz").exists());
+
+    bootc(&["rollback", "--sysroot", sysroot]);
+    assert!(default_options(&mnt).contains(&v1));
+    assert!(!default_options(&mnt).contains("lifecycle=1"));
+    drop(m);
+}
