@@ -46,6 +46,10 @@ pub const TESTS: &[(&str, TestFn)] = &[
     ("vm_boot_bios_grub", vm_boot_bios_grub),
     ("vm_boot_uefi_systemd_boot", vm_boot_uefi_systemd_boot),
     ("vm_boot_to_filesystem_bios", vm_boot_to_filesystem_bios),
+    (
+        "vm_boot_broken_deployment_stops_loudly",
+        vm_boot_broken_deployment_stops_loudly,
+    ),
 ];
 
 /// One VM test at a time (see the module docs).
@@ -66,6 +70,17 @@ const DISK_SIZE: u64 = 6 << 30;
 /// Bound of one systemd boot under TCG (measured 25–35 s on an idle
 /// machine; the machine is shared with builds).
 const BOOT_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// Console texts after which a boot cannot succeed: stop there rather than
+/// at the timeout. (The example image's root has no password, so its
+/// emergency shell would wait for a login forever.)
+const BOOT_FAILURES: &[&str] = &[
+    "Kernel panic - not syncing",
+    "bootc: cannot mount deployment",
+    "You are in emergency mode",
+    "Entering emergency mode",
+    "Press any key to continue",
+];
 
 /// After the status block, time for the guest to power off by itself.
 const POWEROFF_GRACE: Duration = Duration::from_secs(60);
@@ -207,7 +222,7 @@ echo BOOTC-STATUS-END
         r.matched_after, r.elapsed, r.end
     );
     ensure!(r.matched(), "no status block: {}", failure_report(&r));
-    let status = r.status_json().with_context(|| failure_report(&r))?;
+    let status = r.status_json().map_err(|e| with_report(e, &r))?;
     ensure!(status["kind"] == "BootcHost", "{status}");
     ensure!(
         status["cmdline"]
@@ -419,6 +434,14 @@ struct Deployment {
 
 /// Mount the root partition of `disk` read-only and read its one deployment.
 fn read_deployment(disk: &Path) -> Result<Deployment> {
+    with_root_fs(disk, false, read_deployment_in)
+        .context("Reading the installed deployment (install layout)")
+}
+
+/// Run `f` on the root filesystem of `disk`, mounted (read-only unless
+/// `writable`) from a loop device over the root partition; unmounted and
+/// detached afterwards, whatever `f` returned.
+fn with_root_fs<T>(disk: &Path, writable: bool, f: impl FnOnce(&Path) -> Result<T>) -> Result<T> {
     let parts = partitions(disk)?;
     let root = parts
         .iter()
@@ -429,18 +452,13 @@ fn read_deployment(disk: &Path) -> Result<Deployment> {
                 disk.display()
             )
         })?;
-    let lo = LoopDev::attach(disk, true, Some((root.start_bytes, root.size_bytes)), false)?;
-    let m = Mounted::new(&lo.dev, "ro")?;
-    let r = read_deployment_in(m.path());
+    let range = Some((root.start_bytes, root.size_bytes));
+    let lo = LoopDev::attach(disk, !writable, range, false)?;
+    let m = Mounted::new(&lo.dev, if writable { "rw" } else { "ro" })?;
+    let r = f(m.path());
     drop(m);
     drop(lo);
-    r.with_context(|| {
-        format!(
-            "Reading the deployment on partition {} of {} (install layout)",
-            root.number,
-            disk.display()
-        )
-    })
+    r.with_context(|| format!("On partition {} of {}", root.number, disk.display()))
 }
 
 fn read_deployment_in(sysroot: &Path) -> Result<Deployment> {
@@ -500,7 +518,11 @@ fn check_podman_digest(dep: &Deployment) -> Result<()> {
 
 /// Boot `disk` and check the guest booted `dep`. Returns the run.
 fn boot_and_check(disk: &Path, firmware: Firmware, dep: &Deployment) -> Result<Run> {
-    let mut vm = Vm::builder().firmware(firmware).disk(disk).build()?;
+    let mut vm = Vm::builder()
+        .firmware(firmware)
+        .disk(disk)
+        .fail_on(BOOT_FAILURES)
+        .build()?;
     let r = vm.run_until_then_exit(STATUS_END, POWEROFF_GRACE, BOOT_TIMEOUT)?;
     println!(
         "{firmware:?} boot: status block after {:.1?}, qemu ended after {:.1?} ({:?})",
@@ -508,7 +530,7 @@ fn boot_and_check(disk: &Path, firmware: Firmware, dep: &Deployment) -> Result<R
         r.elapsed,
         r.end
     );
-    check_boot(&r, dep).with_context(|| failure_report(&r))?;
+    check_boot(&r, dep).map_err(|e| with_report(e, &r))?;
     Ok(r)
 }
 
@@ -631,29 +653,55 @@ const TELLTALES: &[&str] = &[
 
 /// Say which stage of the boot chain failed, from what the console shows.
 fn diagnose(r: &Run) -> String {
-    let log = &r.log;
+    let log = vm::tail_lines(&r.log, usize::MAX);
+    let has = |t: &str| log.contains(t);
+    // The second "Welcome to" is the deployment's systemd; the first is the initrd's.
+    let switched_root = log
+        .lines()
+        .any(|l| l.contains("Welcome to") && !l.contains("Initramfs"));
     let stage = if !r.qemu_stderr.trim().is_empty()
         && matches!(r.end, RunEnd::Exited(s) if !s.success())
     {
         "qemu itself failed (see its stderr)"
-    } else if !log.contains("Linux version") {
-        "firmware/bootloader: the kernel never printed on the serial console (no bootloader, no entry, or no console=ttyS0 in the entry's options)"
-    } else if log.contains("cannot mount deployment") {
+    } else if !has("Linux version") {
+        if has("GNU GRUB") {
+            "bootloader: GRUB ran but no kernel printed on the serial console (entry, kernel path, or no console=ttyS0 in its options)"
+        } else if has("BdsDxe") {
+            "firmware/bootloader: OVMF ran but no kernel printed on the serial console (ESP, systemd-boot, entry, or console=ttyS0)"
+        } else {
+            "firmware/bootloader: nothing booted (no bootloader output, no kernel)"
+        }
+    } else if has("cannot mount deployment") {
         "initramfs: bootc-initramfs-setup could not mount the deployment"
-    } else if log.contains("Kernel panic") {
+    } else if has("Kernel panic") {
         "kernel panic"
-    } else if !log.contains("Switching root") && !log.contains("switch root") {
-        "initramfs: the initrd never switched root"
-    } else if log.contains("emergency mode") || log.contains("Emergency Mode") {
-        "systemd entered emergency mode"
-    } else if !log.contains("multi-user.target") && !log.contains("Multi-User System") {
-        "systemd did not reach multi-user.target"
-    } else if !log.contains(vm::STATUS_BEGIN) {
-        "multi-user reached but no status block: bootc-status-console.service did not print (status unit or bootc status)"
+    } else if !has("bootc: mounted deployment") && !switched_root {
+        "initramfs: bootc-initramfs-setup never reported mounting the deployment (not in the initramfs, not started, or the root filesystem was not found)"
+    } else if !switched_root {
+        "initramfs: the deployment was mounted but systemd never switched root into it"
+    } else if has("emergency mode") || has("Emergency Mode") {
+        "the deployment's systemd entered emergency mode"
+    } else if !has("multi-user.target") && !has("Multi-User System") {
+        "the deployment's systemd did not reach multi-user.target"
+    } else if !has(vm::STATUS_BEGIN) {
+        "multi-user reached but no status block: bootc-status-console.service did not print (status unit)"
     } else {
-        "status block printed; see the assertion above"
+        "the boot chain worked and the status block was printed; the assertion says what is wrong"
     };
-    format!("stage: {stage} ({:?} after {:.1?})", r.end, r.elapsed)
+    let failure = r
+        .failure
+        .as_deref()
+        .map(|f| format!(", stopped on {f:?}"))
+        .unwrap_or_default();
+    format!(
+        "stage: {stage} ({:?} after {:.1?}{failure})",
+        r.end, r.elapsed
+    )
+}
+
+/// `e` followed by the failure report of `r`.
+fn with_report(e: anyhow::Error, r: &Run) -> anyhow::Error {
+    anyhow::anyhow!("{e:#}\n{}", failure_report(r))
 }
 
 /// An error report: the stage, telltale lines, the console tail and qemu's stderr.
@@ -773,6 +821,62 @@ fn vm_boot_to_filesystem_bios(ctx: &Ctx) -> Result<()> {
             .any(|a| a == format!("root=UUID={uuid}")),
         "the entry's root= is not UUID={uuid} of the filesystem we made (install side): {cmdline}"
     );
+    drop(disk.dir);
+    Ok(())
+}
+
+/// Console texts of an emergency shell (the initrd's or the deployment's).
+const EMERGENCY: &[&str] = &[
+    "You are in emergency mode",
+    "Entering emergency mode",
+    "Kernel panic - not syncing",
+];
+
+/// A deployment that cannot be mounted (its /etc is gone) stops the boot in
+/// the initramfs with a console message naming the deployment and the
+/// error, and an emergency shell: never a silent hang, never a boot into
+/// the wrong root.
+fn vm_boot_broken_deployment_stops_loudly(ctx: &Ctx) -> Result<()> {
+    skip_without_qemu!();
+    let _l = vm_lock();
+    ensure_example_image()?;
+    let disk = DiskFile::new()?;
+    install_to_disk(ctx, &disk.path, "grub")?;
+    let dep = read_deployment(&disk.path)?;
+    with_root_fs(&disk.path, true, |root| {
+        let etc = root.join("state/deploy").join(&dep.id).join("etc");
+        let hidden = etc.with_file_name("etc.hidden-by-test");
+        fs::rename(&etc, &hidden)
+            .with_context(|| format!("Renaming {} (install layout)", etc.display()))
+    })?;
+    let mut vm = Vm::builder()
+        .firmware(Firmware::Bios)
+        .disk(&disk.path)
+        .fail_on(EMERGENCY)
+        .build()?;
+    let r = vm.run_until(vm::STATUS_END, BOOT_TIMEOUT)?;
+    println!(
+        "broken deployment boot: {:?} after {:.1?} ({:?})",
+        r.end, r.elapsed, r.failure
+    );
+    let check = || -> Result<()> {
+        ensure!(
+            !r.matched(),
+            "the boot reached the status unit with the deployment's /etc gone"
+        );
+        let message = format!("bootc: cannot mount deployment {}:", dep.id);
+        ensure!(
+            r.log.contains(&message),
+            "no {message:?} line on the console (initramfs)"
+        );
+        ensure!(
+            r.end == RunEnd::Failed,
+            "the boot did not stop in an emergency shell ({:?}; initramfs unit's OnFailure=)",
+            r.end
+        );
+        Ok(())
+    };
+    check().map_err(|e| with_report(e, &r))?;
     drop(disk.dir);
     Ok(())
 }

@@ -40,6 +40,10 @@ const QEMU: &str = "qemu-system-x86_64";
 /// systemd are comfortable with it, and a few guests fit beside the builds.
 const DEFAULT_MEMORY_MB: u32 = 2048;
 
+/// How long a run goes on after a fail pattern ([`VmBuilder::fail_on`]),
+/// so that the messages that follow it are in the log.
+pub const FAIL_LINGER: Duration = Duration::from_secs(5);
+
 /// How often the serial log is read while qemu runs.
 const POLL: Duration = Duration::from_millis(100);
 
@@ -97,6 +101,7 @@ pub struct VmBuilder {
     cpus: u32,
     kernel: Option<KernelBoot>,
     extra_args: Vec<OsString>,
+    fail_patterns: Vec<String>,
 }
 
 impl VmBuilder {
@@ -164,6 +169,15 @@ impl VmBuilder {
             initrd,
             cmdline: cmdline.to_owned(),
         });
+        self
+    }
+
+    /// Console texts that mean the boot has failed for good (a kernel
+    /// panic, an emergency shell waiting for input): a run stops
+    /// [`FAIL_LINGER`] after one appears instead of waiting for its timeout.
+    pub fn fail_on(mut self, patterns: &[&str]) -> Self {
+        self.fail_patterns
+            .extend(patterns.iter().map(|p| (*p).to_owned()));
         self
     }
 
@@ -240,6 +254,7 @@ impl VmBuilder {
         Ok(Vm {
             workdir,
             args,
+            fail_patterns: self.fail_patterns,
             runs: 0,
             child: None,
         })
@@ -325,6 +340,7 @@ fn dir_size(dir: &Path) -> Result<u64> {
 pub struct Vm {
     workdir: tempfile::TempDir,
     args: Vec<OsString>,
+    fail_patterns: Vec<String>,
     runs: u32,
     child: Option<Child>,
 }
@@ -336,6 +352,8 @@ pub enum RunEnd {
     Matched,
     /// qemu exited by itself (power off, reboot with `-no-reboot`, or an error).
     Exited(ExitStatus),
+    /// A fail pattern appeared ([`Run::failure`]; qemu was then killed).
+    Failed,
     /// The timeout passed (qemu was then killed).
     TimedOut,
 }
@@ -347,6 +365,8 @@ pub struct Run {
     pub end: RunEnd,
     /// When the pattern appeared, counted from the start of qemu.
     pub matched_after: Option<Duration>,
+    /// The first fail pattern that appeared, if any.
+    pub failure: Option<String>,
     /// The whole serial console output (invalid UTF-8 replaced).
     pub log: String,
     /// qemu's own stderr (disk or firmware errors show up here).
@@ -407,6 +427,7 @@ impl Vm {
             cpus: 1,
             kernel: None,
             extra_args: Vec::new(),
+            fail_patterns: Vec::new(),
         }
     }
 
@@ -484,6 +505,14 @@ impl Vm {
         let mut buf = Vec::new();
         let mut searched = 0usize;
         let mut matched_after = None;
+        let mut failure: Option<String> = None;
+        let mut fail_searched = 0usize;
+        let fail_overlap = self
+            .fail_patterns
+            .iter()
+            .map(String::len)
+            .max()
+            .unwrap_or(0);
         let mut deadline = start + timeout;
         let end = loop {
             read_new(&mut reader, &mut buf)?;
@@ -495,6 +524,18 @@ impl Vm {
                     deadline = deadline.min(Instant::now() + grace);
                 }
                 searched = buf.len();
+            }
+            if failure.is_none() {
+                let from = fail_searched.saturating_sub(fail_overlap).min(buf.len());
+                if let Some(p) = self
+                    .fail_patterns
+                    .iter()
+                    .find(|p| memfind(&buf[from..], p.as_bytes()))
+                {
+                    failure = Some(p.clone());
+                    deadline = deadline.min(Instant::now() + FAIL_LINGER);
+                }
+                fail_searched = buf.len();
             }
             let child = self.child.as_mut().context("qemu child vanished")?;
             if let Some(status) = child.try_wait().context("Waiting for qemu")? {
@@ -511,6 +552,8 @@ impl Vm {
             if Instant::now() >= deadline {
                 break if matched_after.is_some() {
                     RunEnd::Matched
+                } else if failure.is_some() {
+                    RunEnd::Failed
                 } else {
                     RunEnd::TimedOut
                 };
@@ -524,6 +567,7 @@ impl Vm {
         let run = Run {
             end,
             matched_after,
+            failure,
             log: String::from_utf8_lossy(&buf).into_owned(),
             qemu_stderr,
             elapsed,
