@@ -276,7 +276,11 @@ mod tests {
         let ids: Vec<_> = order.iter().map(|(n, _)| n.as_str()).collect();
         assert_eq!(
             ids,
-            ["bootc-default-3.conf", "bootc-default-2.conf", "bootc-default-1.conf"]
+            [
+                "bootc-default-3.conf",
+                "bootc-default-2.conf",
+                "bootc-default-1.conf"
+            ]
         );
         // Swap the first two (a rollback): versions follow the new places.
         let mut es: Vec<BlsEntry> = order.into_iter().map(|(_, e)| e).collect();

@@ -167,26 +167,53 @@ mod tests {
     #[test]
     fn parses_lifecycle_verbs() {
         let cli = Cli::try_parse_from([
-            "bootc", "switch", "--transport", "oci", "--retain", "--apply",
-            "--no-signature-verification", "/mnt/v2:latest",
+            "bootc",
+            "switch",
+            "--transport",
+            "oci",
+            "--retain",
+            "--apply",
+            "--no-signature-verification",
+            "/mnt/v2:latest",
         ])
         .unwrap();
-        let Command::Switch(s) = cli.command else { panic!("not a switch") };
-        assert_eq!((s.transport.as_str(), s.retain, s.apply), ("oci", true, true));
+        let Command::Switch(s) = cli.command else {
+            panic!("not a switch")
+        };
+        assert_eq!(
+            (s.transport.as_str(), s.retain, s.apply),
+            ("oci", true, true)
+        );
         assert!(s.no_signature_verification && !s.enforce_container_sigpolicy);
-        assert!(Cli::try_parse_from([
-            "bootc", "switch", "--enforce-container-sigpolicy", "--no-signature-verification", "x"
-        ])
-        .is_err());
-        let cli = Cli::try_parse_from(["bootc", "upgrade", "--check", "--quiet", "--tag", "v2"]).unwrap();
-        let Command::Upgrade(u) = cli.command else { panic!("not an upgrade") };
+        assert!(
+            Cli::try_parse_from([
+                "bootc",
+                "switch",
+                "--enforce-container-sigpolicy",
+                "--no-signature-verification",
+                "x"
+            ])
+            .is_err()
+        );
+        let cli =
+            Cli::try_parse_from(["bootc", "upgrade", "--check", "--quiet", "--tag", "v2"]).unwrap();
+        let Command::Upgrade(u) = cli.command else {
+            panic!("not an upgrade")
+        };
         assert!(u.check && u.quiet && !u.apply);
         assert_eq!(u.tag.as_deref(), Some("v2"));
         assert!(Cli::try_parse_from(["bootc", "upgrade", "--check", "--apply"]).is_err());
-        let cli = Cli::try_parse_from(["bootc", "rollback", "--apply", "--sysroot", "/mnt"]).unwrap();
-        assert!(matches!(cli.command, Command::Rollback(crate::upgrade::RollbackArgs { apply: true })));
+        let cli =
+            Cli::try_parse_from(["bootc", "rollback", "--apply", "--sysroot", "/mnt"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Rollback(crate::upgrade::RollbackArgs { apply: true })
+        ));
         let cli = Cli::try_parse_from(["bootc", "internals", "finalize-staged"]).unwrap();
-        assert!(matches!(cli.command, Command::Internals(InternalsCommand::FinalizeStaged)));
+        assert!(matches!(
+            cli.command,
+            Command::Internals(InternalsCommand::FinalizeStaged)
+        ));
     }
 
     #[test]

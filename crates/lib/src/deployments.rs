@@ -45,13 +45,14 @@ fn view(root: &Path, d: &Deployment, download_only: bool) -> DeploymentView {
 pub fn load_state(root: &Path) -> Result<HostState> {
     let mut deps = deployment::list_deployments(root)?;
     deps.sort_by(|a, b| b.created.cmp(&a.created));
-    let entries = bootc_boot::entries::boot_order(bootc_boot::entries::read_entries(
-        &root.join("boot"),
-    )?);
+    let entries =
+        bootc_boot::entries::boot_order(bootc_boot::entries::read_entries(&root.join("boot"))?);
     let staged = lifecycle::read_staged(root)?;
     let mut state = HostState::default();
     for (_, e) in &entries {
-        let Some(id) = e.deployment_id() else { continue };
+        let Some(id) = e.deployment_id() else {
+            continue;
+        };
         if let Some(d) = deps.iter().find(|d| d.id() == id)
             && !state.order.iter().any(|v| v.id == id)
         {

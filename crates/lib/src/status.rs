@@ -11,8 +11,8 @@
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result, bail};
 use crate::deployments::HostState;
+use anyhow::{Context, Result, bail};
 use bootc_spec::{
     BootEntry, BootEntryComposefs, BootOrder, BootType, Bootloader, Host, HostSpec, HostType,
     ImageReference, ImageStatus, Slot,
@@ -199,7 +199,11 @@ fn render_entry(out: &mut String, booted: bool, label: &str, entry: &BootEntry, 
     match &entry.image {
         Some(img) => {
             let _ = writeln!(out, "{mark} {label}: {}", img.image);
-            let _ = writeln!(out, "{:>w$}: {} ({})", "Digest", img.image_digest, img.architecture);
+            let _ = writeln!(
+                out,
+                "{:>w$}: {} ({})",
+                "Digest", img.image_digest, img.architecture
+            );
             if let Some(v) = &img.version {
                 let ts = img
                     .timestamp
@@ -223,7 +227,12 @@ fn render_entry(out: &mut String, booted: bool, label: &str, entry: &BootEntry, 
             };
             let _ = writeln!(out, "{:>w$}: {mode}", "Store");
         }
-        let _ = writeln!(out, "{:>w$}: {}", "Pinned", if entry.pinned { "yes" } else { "no" });
+        let _ = writeln!(
+            out,
+            "{:>w$}: {}",
+            "Pinned",
+            if entry.pinned { "yes" } else { "no" }
+        );
         if entry.download_only {
             let _ = writeln!(out, "{:>w$}: Download-only", "Staged state");
         }
@@ -268,7 +277,9 @@ pub fn run(sysroot: &Path, args: StatusArgs) -> Result<()> {
     };
     let mut out = std::io::stdout().lock();
     match format {
-        StatusFormat::Humanreadable => out.write_all(render_human(&host, args.verbose).as_bytes())?,
+        StatusFormat::Humanreadable => {
+            out.write_all(render_human(&host, args.verbose).as_bytes())?
+        }
         StatusFormat::Yaml => serde_yaml_ng::to_writer(&mut out, &host).context("Writing YAML")?,
         StatusFormat::Json => {
             serde_json::to_writer_pretty(&mut out, &host).context("Writing JSON")?;
@@ -309,7 +320,10 @@ mod tests {
         let v2 = view("b", "v2");
         let v1 = view("a", "v1");
         let host = build_host(&state(&[v2.clone(), v1.clone()]), Some(&v2.id));
-        assert_eq!(host.spec.image.as_ref().unwrap().image, "quay.io/example/os:v2");
+        assert_eq!(
+            host.spec.image.as_ref().unwrap().image,
+            "quay.io/example/os:v2"
+        );
         let booted = host.status.booted.as_ref().unwrap();
         assert_eq!(booted.composefs.as_ref().unwrap().verity, v2.id);
         let rb = host.status.rollback.as_ref().unwrap();
@@ -321,7 +335,10 @@ mod tests {
         assert!(host.status.rollback_queued);
         assert_eq!(host.spec.boot_order, BootOrder::Rollback);
         assert_eq!(host.status.booted.unwrap().composefs.unwrap().verity, v1.id);
-        assert_eq!(host.status.rollback.unwrap().composefs.unwrap().verity, v2.id);
+        assert_eq!(
+            host.status.rollback.unwrap().composefs.unwrap().verity,
+            v2.id
+        );
         // Offline: the default plays booted, never queued.
         let host = build_host(&state(&[v1.clone(), v2.clone()]), None);
         assert!(!host.status.rollback_queued);
@@ -343,17 +360,26 @@ mod tests {
         let s = host.status.staged.as_ref().unwrap();
         assert!(s.download_only);
         assert_eq!(s.composefs.as_ref().unwrap().verity, staged.id);
-        assert_eq!(host.spec.image.as_ref().unwrap().image, "quay.io/example/os:v3");
+        assert_eq!(
+            host.spec.image.as_ref().unwrap().image,
+            "quay.io/example/os:v3"
+        );
         assert_eq!(host.status.other_deployments.len(), 1);
         assert!(host.status.other_deployments[0].pinned);
-        assert_eq!(host.status.rollback.unwrap().composefs.unwrap().verity, v1.id);
+        assert_eq!(
+            host.status.rollback.unwrap().composefs.unwrap().verity,
+            v1.id
+        );
     }
 
     #[test]
     fn empty_host_is_not_deployed() {
         let host = build_host(&HostState::default(), None);
         assert!(host.status.booted.is_none());
-        assert_eq!(render_human(&host, false), "System is not deployed via bootc.\n");
+        assert_eq!(
+            render_human(&host, false),
+            "System is not deployed via bootc.\n"
+        );
     }
 
     #[test]
@@ -368,7 +394,10 @@ No rollback image is present
 ";
         assert_eq!(render_human(&host, false), expect);
         let verbose = render_human(&host, true);
-        assert!(verbose.contains("Store: insecure (no fs-verity)"), "{verbose}");
+        assert!(
+            verbose.contains("Store: insecure (no fs-verity)"),
+            "{verbose}"
+        );
         assert!(verbose.contains("Bootloader: grub"), "{verbose}");
     }
 
@@ -387,7 +416,10 @@ No rollback image is present
         for host in [
             build_host(&HostState::default(), None),
             build_host(&state(&[view("b", "v2")]), None),
-            build_host(&state(&[view("b", "v2"), view("a", "v1"), pinned.clone()]), Some(&view("a", "v1").id)),
+            build_host(
+                &state(&[view("b", "v2"), view("a", "v1"), pinned.clone()]),
+                Some(&view("a", "v1").id),
+            ),
             build_host(
                 &HostState {
                     order: vec![view("b", "v2"), view("a", "v1"), pinned],
@@ -412,6 +444,9 @@ No rollback image is present
             physical_root(Path::new("/mnt"), "composefs=abc"),
             (PathBuf::from("/mnt"), None)
         );
-        assert_eq!(physical_root(Path::new("/"), "quiet"), (PathBuf::from("/"), None));
+        assert_eq!(
+            physical_root(Path::new("/"), "quiet"),
+            (PathBuf::from("/"), None)
+        );
     }
 }

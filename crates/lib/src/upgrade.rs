@@ -199,16 +199,22 @@ fn pull_options(
     enforce: bool,
     quiet: bool,
     imgref: &ImageRef,
-) -> Result<(bootc_oci::pull::PullOptions, std::sync::Arc<bootc_oci::progress::PullProgress>)> {
+) -> Result<(
+    bootc_oci::pull::PullOptions,
+    std::sync::Arc<bootc_oci::progress::PullProgress>,
+)> {
     let progress = crate::progress::reporter(imgref, quiet, None)?;
-    Ok((bootc_oci::pull::PullOptions {
-        enforce_sigpolicy: enforce,
-        authfile: bootc_oci::auth::find_authfile(Path::new("/"))?,
-        progress: progress.clone(),
-        policy_path: bootc_oci::policy::find_policy_path()
-            .unwrap_or_else(|_| bootc_oci::policy::DEFAULT_POLICY_PATH.into()),
-        registries_conf: std::env::var_os("CONTAINERS_REGISTRIES_CONF").map(Into::into),
-    }, progress))
+    Ok((
+        bootc_oci::pull::PullOptions {
+            enforce_sigpolicy: enforce,
+            authfile: bootc_oci::auth::find_authfile(Path::new("/"))?,
+            progress: progress.clone(),
+            policy_path: bootc_oci::policy::find_policy_path()
+                .unwrap_or_else(|_| bootc_oci::policy::DEFAULT_POLICY_PATH.into()),
+            registries_conf: std::env::var_os("CONTAINERS_REGISTRIES_CONF").map(Into::into),
+        },
+        progress,
+    ))
 }
 
 /// The ESP of the disk holding `sysroot`: the partition of type ESP beside
@@ -219,12 +225,23 @@ fn find_esp(sysroot: &Path) -> Result<Esp> {
         .arg(sysroot)
         .output()
         .context("Running findmnt")?;
-    anyhow::ensure!(out.status.success(), "findmnt found no filesystem at {}", sysroot.display());
+    anyhow::ensure!(
+        out.status.success(),
+        "findmnt found no filesystem at {}",
+        sysroot.display()
+    );
     let source = String::from_utf8_lossy(&out.stdout).trim().to_owned();
     let dev = bootc_install::filesystem::source_device(&source);
     let disk = bootc_install::blockdev::parent_disk(&dev)?;
-    let esp = bootc_install::blockdev::find_partition_by_type(&disk, bootc_install::blockdev::ESP_GUID)?
-        .with_context(|| format!("No EFI system partition on {} (the disk of {})", disk.display(), sysroot.display()))?;
+    let esp =
+        bootc_install::blockdev::find_partition_by_type(&disk, bootc_install::blockdev::ESP_GUID)?
+            .with_context(|| {
+                format!(
+                    "No EFI system partition on {} (the disk of {})",
+                    disk.display(),
+                    sysroot.display()
+                )
+            })?;
     Ok(Esp::new(&esp))
 }
 
@@ -235,7 +252,11 @@ fn fd_path(f: &std::fs::File) -> PathBuf {
 /// Make `entries` what boots: the bootloader's copy first (grub.cfg or the
 /// ESP), then `/boot/loader/entries` that status and rollback read; each is
 /// one atomic replacement.
-fn publish_entries(t: &Target, bootloader: Bootloader, entries: &[(String, BlsEntry)]) -> Result<()> {
+fn publish_entries(
+    t: &Target,
+    bootloader: Bootloader,
+    entries: &[(String, BlsEntry)],
+) -> Result<()> {
     let boot = t.boot_dir();
     match bootloader {
         Bootloader::Grub => {
@@ -315,7 +336,10 @@ async fn stage(t: &Target, store: &Store, req: &StageRequest) -> Result<Option<D
         && sd.manifest_digest == image.manifest_digest
         && sd.image == new_ref
     {
-        t.say(req.quiet, format!("No changes in {} (already staged)", req.imgref));
+        t.say(
+            req.quiet,
+            format!("No changes in {} (already staged)", req.imgref),
+        );
         return Ok(None);
     }
     let id = image
@@ -374,7 +398,12 @@ async fn stage(t: &Target, store: &Store, req: &StageRequest) -> Result<Option<D
 }
 
 /// Rewrite the record of the existing deployment `id` for `new`.
-fn reuse_deployment(store: &Store, image: &StoredImage, new: &NewDeployment, id: &str) -> Result<Deployment> {
+fn reuse_deployment(
+    store: &Store,
+    image: &StoredImage,
+    new: &NewDeployment,
+    id: &str,
+) -> Result<Deployment> {
     use cap_std_ext::dirext::CapStdExtDirExt;
     let old = deployment::load_deployment(store.sysroot(), id)?
         .with_context(|| format!("Deployment {id} vanished"))?;
@@ -384,7 +413,10 @@ fn reuse_deployment(store: &Store, image: &StoredImage, new: &NewDeployment, id:
         created: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
         ..old
     };
-    store.tag(&parse_digest(&image.manifest_digest)?, &lifecycle::deployment_tag(id))?;
+    store.tag(
+        &parse_digest(&image.manifest_digest)?,
+        &lifecycle::deployment_tag(id),
+    )?;
     let dir = deployment::deployment_dir(store.sysroot(), id);
     let d = Dir::open_ambient_dir(&dir, ambient_authority())
         .with_context(|| format!("Opening {}", dir.display()))?;
@@ -394,7 +426,12 @@ fn reuse_deployment(store: &Store, image: &StoredImage, new: &NewDeployment, id:
 }
 
 /// Remove a staged deployment that is not (also) in the boot entries.
-fn discard_staged(t: &Target, store: &Store, dep: &Deployment, order: &[(String, BlsEntry)]) -> Result<()> {
+fn discard_staged(
+    t: &Target,
+    store: &Store,
+    dep: &Deployment,
+    order: &[(String, BlsEntry)],
+) -> Result<()> {
     lifecycle::remove_staged(&t.sysroot)?;
     if order.iter().any(|(id, _)| id == dep.id()) || t.booted.as_deref() == Some(dep.id()) {
         return Ok(());
@@ -424,12 +461,17 @@ pub fn finalize(t: &Target, store: &Store, staged: &Staged) -> Result<Deployment
         }
         std::fs::create_dir(&merged).with_context(|| format!("Creating {}", merged.display()))?;
         let open = |p: &Path| {
-            Dir::open_ambient_dir(p, ambient_authority()).with_context(|| format!("Opening {}", p.display()))
+            Dir::open_ambient_dir(p, ambient_authority())
+                .with_context(|| format!("Opening {}", p.display()))
         };
         let empty = tempfile::tempdir()?;
         let etc_or_empty = |root: &Path| {
             let p = root.join("etc");
-            if p.is_dir() { open(&p) } else { open(empty.path()) }
+            if p.is_dir() {
+                open(&p)
+            } else {
+                open(empty.path())
+            }
         };
         let report = bootc_etc_merge::merge(
             &etc_or_empty(pristine.path())?,
@@ -440,13 +482,21 @@ pub fn finalize(t: &Target, store: &Store, staged: &Staged) -> Result<Deployment
         .with_context(|| format!("Merging /etc of {} into {}", booted.id(), new.id()))?;
         let fd = rustix::fs::open(
             &dep_dir,
-            rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::CLOEXEC,
+            rustix::fs::OFlags::RDONLY
+                | rustix::fs::OFlags::DIRECTORY
+                | rustix::fs::OFlags::CLOEXEC,
             rustix::fs::Mode::empty(),
         )
         .with_context(|| format!("Opening {}", dep_dir.display()))?;
         rustix::fs::syncfs(&fd).context("Syncing the sysroot")?;
-        rustix::fs::renameat_with(&fd, ".etc-merged", &fd, "etc", rustix::fs::RenameFlags::EXCHANGE)
-            .with_context(|| format!("Exchanging {} with its etc", merged.display()))?;
+        rustix::fs::renameat_with(
+            &fd,
+            ".etc-merged",
+            &fd,
+            "etc",
+            rustix::fs::RenameFlags::EXCHANGE,
+        )
+        .with_context(|| format!("Exchanging {} with its etc", merged.display()))?;
         rustix::fs::fsync(&fd).context("Syncing the deployment directory")?;
         std::fs::remove_dir_all(&merged)
             .with_context(|| format!("Removing the unmerged {}", merged.display()))?;
@@ -460,7 +510,11 @@ pub fn finalize(t: &Target, store: &Store, staged: &Staged) -> Result<Deployment
         );
     }
     for s in &report.skipped {
-        eprintln!("bootc: /etc merge skipped /etc/{}: {}", s.path.display(), s.reason);
+        eprintln!(
+            "bootc: /etc merge skipped /etc/{}: {}",
+            s.path.display(),
+            s.reason
+        );
     }
 
     // Entries: new default, booted as rollback; prune the rest.
@@ -507,7 +561,13 @@ pub fn finalize(t: &Target, store: &Store, staged: &Staged) -> Result<Deployment
 
 /// Remove the deployments `remove`, then image names no deployment uses
 /// (unless `retain`), then unreferenced store content.
-fn prune(t: &Target, store: &Store, all: &[Deployment], remove: &[String], retain: bool) -> Result<()> {
+fn prune(
+    t: &Target,
+    store: &Store,
+    all: &[Deployment],
+    remove: &[String],
+    retain: bool,
+) -> Result<()> {
     for d in all.iter().filter(|d| remove.iter().any(|r| r == d.id())) {
         remove_kernel(t, d)?;
         lifecycle::remove_deployment_dir(&t.sysroot, d.id())?;
@@ -515,7 +575,10 @@ fn prune(t: &Target, store: &Store, all: &[Deployment], remove: &[String], retai
     }
     if !retain {
         let remaining = deployment::list_deployments(&t.sysroot)?;
-        let used: BTreeSet<&str> = remaining.iter().map(|d| d.manifest_digest.as_str()).collect();
+        let used: BTreeSet<&str> = remaining
+            .iter()
+            .map(|d| d.manifest_digest.as_str())
+            .collect();
         let tracked: BTreeSet<String> = all
             .iter()
             .filter_map(|d| imgref_of(&d.image).ok().map(|r| r.to_string()))
@@ -527,7 +590,11 @@ fn prune(t: &Target, store: &Store, all: &[Deployment], remove: &[String], retai
         }
     }
     let r = store.gc(&[])?;
-    tracing::info!("gc removed {} objects ({} bytes)", r.objects_removed, r.bytes_removed);
+    tracing::info!(
+        "gc removed {} objects ({} bytes)",
+        r.objects_removed,
+        r.bytes_removed
+    );
     Ok(())
 }
 
@@ -542,12 +609,18 @@ async fn stage_and_finish(t: &Target, req: StageRequest, apply: bool) -> Result<
         "{} ({}{})",
         req.imgref,
         dep.manifest_digest,
-        dep.version.as_deref().map(|v| format!(", version {v}")).unwrap_or_default()
+        dep.version
+            .as_deref()
+            .map(|v| format!(", version {v}"))
+            .unwrap_or_default()
     );
     if t.booted.is_none() {
         let staged = lifecycle::read_staged(&t.sysroot)?.context("staged.json vanished")?;
         finalize(t, &store, &staged)?;
-        t.say(req.quiet, format!("Deployed {what}; it boots next on {}", t.sysroot.display()));
+        t.say(
+            req.quiet,
+            format!("Deployed {what}; it boots next on {}", t.sysroot.display()),
+        );
         if apply {
             eprintln!("Not rebooting: --apply has no meaning with --sysroot");
         }
@@ -565,15 +638,25 @@ async fn stage_and_finish(t: &Target, req: StageRequest, apply: bool) -> Result<
 /// Arm the unit whose stop finalizes at shutdown. Without systemd (or the
 /// unit) the staged deployment waits for `bootc internals finalize-staged`.
 fn start_finalize_unit() {
-    match Command::new("systemctl").args(["start", FINALIZE_UNIT]).status() {
+    match Command::new("systemctl")
+        .args(["start", FINALIZE_UNIT])
+        .status()
+    {
         Ok(s) if s.success() => {}
-        Ok(s) => eprintln!("warning: systemctl start {FINALIZE_UNIT} failed ({s}); the update is staged but will be applied only by `bootc internals finalize-staged`"),
-        Err(e) => eprintln!("warning: cannot run systemctl ({e}); the update is staged but will be applied only by `bootc internals finalize-staged`"),
+        Ok(s) => eprintln!(
+            "warning: systemctl start {FINALIZE_UNIT} failed ({s}); the update is staged but will be applied only by `bootc internals finalize-staged`"
+        ),
+        Err(e) => eprintln!(
+            "warning: cannot run systemctl ({e}); the update is staged but will be applied only by `bootc internals finalize-staged`"
+        ),
     }
 }
 
 fn reboot() -> Result<()> {
-    let s = Command::new("systemctl").arg("reboot").status().context("Running systemctl reboot")?;
+    let s = Command::new("systemctl")
+        .arg("reboot")
+        .status()
+        .context("Running systemctl reboot")?;
     anyhow::ensure!(s.success(), "systemctl reboot failed ({s})");
     Ok(())
 }
@@ -601,7 +684,10 @@ pub fn with_tag(r: &ImageRef, tag: &str) -> Result<ImageRef> {
             format!("{repo}:{tag}")
         }
     };
-    Ok(ImageRef::parse_with_transport(&new_name, r.transport.as_str())?)
+    Ok(ImageRef::parse_with_transport(
+        &new_name,
+        r.transport.as_str(),
+    )?)
 }
 
 /// `bootc upgrade`.
@@ -630,7 +716,8 @@ pub async fn upgrade(sysroot: &Path, args: UpgradeArgs) -> Result<()> {
 pub async fn switch(sysroot: &Path, args: SwitchArgs) -> Result<()> {
     let t = Target::find(sysroot)?;
     let imgref = if args.target.contains("://") || args.transport == "registry" {
-        ImageRef::parse(&args.target).or_else(|_| ImageRef::parse_with_transport(&args.target, &args.transport))?
+        ImageRef::parse(&args.target)
+            .or_else(|_| ImageRef::parse_with_transport(&args.target, &args.transport))?
     } else {
         ImageRef::parse_with_transport(&args.target, &args.transport)?
     };
@@ -664,13 +751,21 @@ fn check(t: &Target, base: &Deployment, imgref: &ImageRef, quiet: bool) -> Resul
             String::from_utf8_lossy(&out.stderr).trim()
         );
     }
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).context("Parsing skopeo inspect output")?;
+    let v: serde_json::Value =
+        serde_json::from_slice(&out.stdout).context("Parsing skopeo inspect output")?;
     let digest = v["Digest"].as_str().unwrap_or_default();
     let created = v["Created"].as_str().unwrap_or("-");
-    let version = v["Labels"]["org.opencontainers.image.version"].as_str().unwrap_or("-");
-    let staged = lifecycle::read_staged(&t.sysroot)?
-        .and_then(|s| deployment::load_deployment(&t.sysroot, &s.id).ok().flatten());
-    if digest == base.manifest_digest || staged.as_ref().is_some_and(|s| s.manifest_digest == digest) {
+    let version = v["Labels"]["org.opencontainers.image.version"]
+        .as_str()
+        .unwrap_or("-");
+    let staged = lifecycle::read_staged(&t.sysroot)?.and_then(|s| {
+        deployment::load_deployment(&t.sysroot, &s.id)
+            .ok()
+            .flatten()
+    });
+    if digest == base.manifest_digest
+        || staged.as_ref().is_some_and(|s| s.manifest_digest == digest)
+    {
         t.say(quiet, format!("No changes in: {imgref}"));
     } else {
         t.say(
@@ -684,11 +779,13 @@ fn check(t: &Target, base: &Deployment, imgref: &ImageRef, quiet: bool) -> Resul
 /// `bootc rollback`.
 pub fn rollback(sysroot: &Path, args: RollbackArgs) -> Result<()> {
     let t = Target::find(sysroot)?;
-    let store = Store::open(&t.sysroot)?.with_context(|| format!("No image store in {}", t.sysroot.display()))?;
+    let store = Store::open(&t.sysroot)?
+        .with_context(|| format!("No image store in {}", t.sysroot.display()))?;
     let _lock = crate::image::lock(&store)?;
     let order = current_order(&t)?;
     let ids: Vec<String> = order.iter().map(|(id, _)| id.clone()).collect();
-    let new_order = lifecycle::order_after_rollback(&ids).context("No rollback deployment to go back to")?;
+    let new_order =
+        lifecycle::order_after_rollback(&ids).context("No rollback deployment to go back to")?;
     if let Some(s) = lifecycle::read_staged(&t.sysroot)? {
         match deployment::load_deployment(&t.sysroot, &s.id)? {
             Some(d) => discard_staged(&t, &store, &d, &order)?,
@@ -700,12 +797,20 @@ pub fn rollback(sysroot: &Path, args: RollbackArgs) -> Result<()> {
         .with_context(|| format!("Deployment {} of the boot entries is missing", new_order[0]))?;
     let entries: Vec<BlsEntry> = new_order
         .iter()
-        .map(|id| order.iter().find(|(o, _)| o == id).map(|(_, e)| e.clone()).expect("same ids"))
+        .map(|id| {
+            order
+                .iter()
+                .find(|(o, _)| o == id)
+                .map(|(_, e)| e.clone())
+                .expect("same ids")
+        })
         .collect();
     publish_entries(&t, next.bootloader, &renumber(entries, &next.stateroot))?;
     println!(
         "Next boot: {} ({}), deployment {}",
-        imgref_of(&next.image).map(|r| r.to_string()).unwrap_or_else(|_| next.image.image.clone()),
+        imgref_of(&next.image)
+            .map(|r| r.to_string())
+            .unwrap_or_else(|_| next.image.image.clone()),
         next.manifest_digest,
         next.id()
     );
@@ -733,14 +838,22 @@ pub fn finalize_staged(sysroot: &Path) -> Result<()> {
         return Ok(());
     };
     if staged.download_only {
-        println!("bootc: staged deployment {} is download-only; not finalizing", staged.id);
+        println!(
+            "bootc: staged deployment {} is download-only; not finalizing",
+            staged.id
+        );
         return Ok(());
     }
-    let store = Store::open(&t.sysroot)?.with_context(|| format!("No image store in {}", t.sysroot.display()))?;
+    let store = Store::open(&t.sysroot)?
+        .with_context(|| format!("No image store in {}", t.sysroot.display()))?;
     let _lock = crate::image::lock(&store)?;
     match finalize(&t, &store, &staged) {
         Ok(d) => {
-            println!("bootc: finalized deployment {} ({})", d.id(), d.manifest_digest);
+            println!(
+                "bootc: finalized deployment {} ({})",
+                d.id(),
+                d.manifest_digest
+            );
             Ok(())
         }
         Err(e) => {
@@ -760,11 +873,36 @@ mod tests {
     #[test]
     fn tag_replacement() {
         let cases = [
-            ("quay.io/example/os:v1", "registry", "v2", "quay.io/example/os:v2"),
-            ("quay.io/example/os", "registry", "v2", "quay.io/example/os:v2"),
-            ("localhost:5000/os:v1", "registry", "v2", "localhost:5000/os:v2"),
-            ("localhost:5000/os", "registry", "v2", "localhost:5000/os:v2"),
-            ("localhost/os:latest", "containers-storage", "v2", "localhost/os:v2"),
+            (
+                "quay.io/example/os:v1",
+                "registry",
+                "v2",
+                "quay.io/example/os:v2",
+            ),
+            (
+                "quay.io/example/os",
+                "registry",
+                "v2",
+                "quay.io/example/os:v2",
+            ),
+            (
+                "localhost:5000/os:v1",
+                "registry",
+                "v2",
+                "localhost:5000/os:v2",
+            ),
+            (
+                "localhost:5000/os",
+                "registry",
+                "v2",
+                "localhost:5000/os:v2",
+            ),
+            (
+                "localhost/os:latest",
+                "containers-storage",
+                "v2",
+                "localhost/os:v2",
+            ),
             ("/srv/layout:v1", "oci", "v2", "/srv/layout:v2"),
             ("/srv/layout", "oci", "v2", "/srv/layout:v2"),
         ];

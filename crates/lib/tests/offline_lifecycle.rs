@@ -82,7 +82,11 @@ fn offline_upgrade_and_rollback() {
         return;
     }
     let td = tempfile::tempdir().unwrap();
-    sh(Command::new("podman").args(["tag", "localhost/bootc-example:latest", &format!("{REPO}:v1")]));
+    sh(Command::new("podman").args([
+        "tag",
+        "localhost/bootc-example:latest",
+        &format!("{REPO}:v1"),
+    ]));
     let cf = td.path().join("Containerfile");
     std::fs::write(
         &cf,
@@ -92,18 +96,36 @@ fn offline_upgrade_and_rollback() {
     )
     .unwrap();
     sh(Command::new("podman")
-        .args(["build", "--isolation=chroot", "-q", "-t", &format!("{REPO}:v2"), "-f"])
+        .args([
+            "build",
+            "--isolation=chroot",
+            "-q",
+            "-t",
+            &format!("{REPO}:v2"),
+            "-f",
+        ])
         .arg(&cf)
         .arg(td.path()));
     sh(Command::new("podman").args(["tag", &format!("{REPO}:v1"), &format!("{REPO}:cur")]));
 
     let disk = td.path().join("disk.img");
-    std::fs::File::create(&disk).unwrap().set_len(6 << 30).unwrap();
+    std::fs::File::create(&disk)
+        .unwrap()
+        .set_len(6 << 30)
+        .unwrap();
     let disk_s = disk.to_str().unwrap();
     let src = format!("containers-storage:{REPO}:cur");
     bootc(&[
-        "install", "to-disk", "--via-loopback", "--bootloader", "grub", "--source-imgref", &src,
-        "--karg", "localarg=1", disk_s,
+        "install",
+        "to-disk",
+        "--via-loopback",
+        "--bootloader",
+        "grub",
+        "--source-imgref",
+        &src,
+        "--karg",
+        "localarg=1",
+        disk_s,
     ]);
 
     let loopdev = sh(Command::new("losetup").args(["-f", "--show", disk_s]))
@@ -111,7 +133,10 @@ fn offline_upgrade_and_rollback() {
         .to_owned();
     let mnt = td.path().join("mnt");
     std::fs::create_dir(&mnt).unwrap();
-    let m = Mounted { loopdev: loopdev.clone(), mnt: mnt.clone() };
+    let m = Mounted {
+        loopdev: loopdev.clone(),
+        mnt: mnt.clone(),
+    };
     sh(Command::new("partx").args(["-a", &loopdev]));
     sh(Command::new("mount").arg(format!("{loopdev}p3")).arg(&mnt));
     let sysroot = mnt.to_str().unwrap();
@@ -135,7 +160,10 @@ fn offline_upgrade_and_rollback() {
     assert!(!mnt.join("state/staged.json").exists());
     assert_eq!(entries(&mnt).len(), 2);
     let opts = default_options(&mnt);
-    assert!(opts.contains("lifecycle=1") && opts.contains("localarg=1"), "{opts}");
+    assert!(
+        opts.contains("lifecycle=1") && opts.contains("localarg=1"),
+        "{opts}"
+    );
     assert!(!opts.contains(&v1), "{opts}");
     let v2 = opts
         .split_whitespace()
@@ -143,9 +171,15 @@ fn offline_upgrade_and_rollback() {
         .unwrap()
         .to_owned();
     let etc2 = mnt.join("state/deploy").join(&v2).join("etc");
-    assert_eq!(std::fs::read_to_string(etc2.join("hostname")).unwrap(), "edited\n");
+    assert_eq!(
+        std::fs::read_to_string(etc2.join("hostname")).unwrap(),
+        "edited\n"
+    );
     assert!(etc2.join("local-added").exists());
-    assert_eq!(std::fs::read_to_string(etc2.join("lifecycle.conf")).unwrap(), "new\n");
+    assert_eq!(
+        std::fs::read_to_string(etc2.join("lifecycle.conf")).unwrap(),
+        "new\n"
+    );
     let grub = std::fs::read_to_string(mnt.join("boot/grub/grub.cfg")).unwrap();
     let first = grub.find("menuentry").unwrap();
     assert!(grub[first..].find(&v2) < grub[first..].find(&v1), "{grub}");

@@ -247,7 +247,8 @@ mod tests {
     #[test]
     fn kargs_table() {
         // (base, old kargs.d, new kargs.d, expected)
-        let cases: &[(&[&str], &[&str], &[&str], &[&str])] = &[
+        type Case<'a> = (&'a [&'a str], &'a [&'a str], &'a [&'a str], &'a [&'a str]);
+        let cases: &[Case] = &[
             // unchanged kargs.d: only composefs= changes
             (
                 &["root=UUID=u", "rw", "composefs=old", "console=ttyS0", "x=1"],
@@ -325,14 +326,54 @@ mod tests {
             &'a [&'a str],
         );
         let cases: &[Case] = &[
-            (&["n", "b", "o"], Some("b"), None, &[], &["n", "b", "o"], &["n", "b"], &["o"]),
-            (&["n", "b", "o"], Some("b"), None, &["o"], &["n", "b", "o"], &["n", "b", "o"], &[]),
+            (
+                &["n", "b", "o"],
+                Some("b"),
+                None,
+                &[],
+                &["n", "b", "o"],
+                &["n", "b"],
+                &["o"],
+            ),
+            (
+                &["n", "b", "o"],
+                Some("b"),
+                None,
+                &["o"],
+                &["n", "b", "o"],
+                &["n", "b", "o"],
+                &[],
+            ),
             // offline: no booted
-            (&["n", "b", "o", "p"], None, None, &[], &["n", "b", "o", "p"], &["n", "b"], &["o", "p"]),
+            (
+                &["n", "b", "o", "p"],
+                None,
+                None,
+                &[],
+                &["n", "b", "o", "p"],
+                &["n", "b"],
+                &["o", "p"],
+            ),
             // booted is third (after a rollback and an update): kept
-            (&["n", "r", "b"], Some("b"), None, &[], &["n", "r", "b"], &["n", "r", "b"], &[]),
+            (
+                &["n", "r", "b"],
+                Some("b"),
+                None,
+                &[],
+                &["n", "r", "b"],
+                &["n", "r", "b"],
+                &[],
+            ),
             // staged is not in the order but kept; an orphan dir is removed
-            (&["a", "b"], Some("a"), Some("s"), &[], &["a", "b", "s", "x"], &["a", "b"], &["x"]),
+            (
+                &["a", "b"],
+                Some("a"),
+                Some("s"),
+                &[],
+                &["a", "b", "s", "x"],
+                &["a", "b"],
+                &["x"],
+            ),
             // entries naming a missing deployment are dropped
             (&["gone", "a"], Some("a"), None, &[], &["a"], &["a"], &[]),
         ];
