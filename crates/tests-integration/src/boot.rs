@@ -23,13 +23,11 @@
 //!    stage broke ([`diagnose`]) with the relevant console lines.
 //!
 //! Only a missing qemu skips these tests (with a "SKIP:" line); a failing
-//! install fails the test. VM tests run one at a time ([`VM_LOCK`]): two TCG
-//! guests on a 2-core machine would slow each other past their timeouts.
+//! install fails the test. VM tests run one at a time ([`vm::exclusive`]).
 
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
@@ -51,9 +49,6 @@ pub const TESTS: &[(&str, TestFn)] = &[
         vm_boot_broken_deployment_stops_loudly,
     ),
 ];
-
-/// One VM test at a time (see the module docs).
-static VM_LOCK: Mutex<()> = Mutex::new(());
 
 /// The image every disk test installs.
 /// (`BOOTC_TEST_IMAGE` overrides it, e.g. to try a freshly built tag.)
@@ -93,9 +88,9 @@ const ROOT_X86_64: &str = "4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709";
 /// GPT type of a BIOS boot partition (GRUB's core image).
 const BIOS_BOOT: &str = "21686148-6449-6E6F-744E-656564454649";
 
-/// Take the VM lock (a panicking holder does not poison the others).
+/// Hold the process-wide VM lock ([`vm::exclusive`]).
 fn vm_lock() -> std::sync::MutexGuard<'static, ()> {
-    VM_LOCK.lock().unwrap_or_else(|e| e.into_inner())
+    vm::exclusive()
 }
 
 /// `Some(reason)` when VM tests cannot run on this machine.

@@ -1,6 +1,8 @@
 //! A qemu harness for boot tests: one fresh `qemu-system-x86_64 -accel tcg`
 //! per boot, serial console to a file, every run bounded by a timeout.
 //!
+//! - [`exclusive`]: the lock every VM test holds, so that guests run one at
+//!   a time.
 //! - [`Vm::builder`] describes the machine: [`Firmware`] (SeaBIOS or OVMF
 //!   with a private copy of the variable store), the boot disk, extra disks
 //!   (raw files, or directories turned into ext4 images), memory, or a direct
@@ -280,6 +282,18 @@ fn ovmf_pair() -> Result<(&'static str, &'static str)> {
         .copied()
         .find(|(code, vars)| Path::new(code).exists() && Path::new(vars).exists())
         .context("No OVMF firmware found in /usr/share/OVMF (apt-get install ovmf)")
+}
+
+/// One VM test at a time in this process: two TCG guests on a 2-core
+/// machine slow each other past their timeouts. Hold the guard for the
+/// whole test (install and boots).
+static VM_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Take the process-wide VM lock: one VM test at a time (two TCG guests on
+/// a 2-core machine slow each other past their timeouts). A test that
+/// panicked while holding it does not poison it for the others.
+pub fn exclusive() -> std::sync::MutexGuard<'static, ()> {
+    VM_LOCK.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Why VM tests cannot run here, or `None` when they can: the qemu binary
