@@ -59,7 +59,10 @@ pub fn load_state(root: &Path) -> Result<HostState> {
             state.order.push(view(root, d, false));
         }
     }
+    // A staged deployment that is already the default entry was finalized
+    // (interrupted before staged.json was removed): not staged.
     if let Some(s) = &staged
+        && state.order.first().is_none_or(|v| v.id != s.id)
         && let Some(d) = deps.iter().find(|d| d.id() == s.id)
     {
         state.staged = Some(view(root, d, s.download_only));

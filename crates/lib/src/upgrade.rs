@@ -447,6 +447,11 @@ pub fn finalize(t: &Target, store: &Store, staged: &Staged) -> Result<Deployment
     let new = deployment::load_deployment(&t.sysroot, &staged.id)?
         .with_context(|| format!("The staged deployment {} is missing", staged.id))?;
     let order = current_order(t)?;
+    if order.first().is_some_and(|(id, _)| id == new.id()) {
+        // Finalized already (a crash before staged.json was removed).
+        lifecycle::remove_staged(&t.sysroot)?;
+        return Ok(new);
+    }
     let booted = base_deployment(t, &order)?;
 
     // /etc: pristine = booted image, current = booted deployment's /etc.
