@@ -48,6 +48,10 @@ pub const REPO_DIR: &str = "composefs";
 /// Where bootc keeps its own state (lock, scratch), relative to the sysroot.
 pub const STATE_DIR: &str = "state";
 
+/// Names under which callers keep an image alive without it being listed
+/// (e.g. a deployment's own image): GC roots that `list` leaves out.
+pub const PIN_PREFIX: &str = "pin:";
+
 /// How composefs-oci names a layer's stream: this prefix and the diff_id.
 const LAYER_STREAM_PREFIX: &str = "oci-layer-";
 
@@ -212,7 +216,7 @@ impl Store {
         composefs_oci::untag_image(&self.repo, &tagname::encode(image))
     }
 
-    /// Every tagged image, sorted by image reference.
+    /// Every tagged image, sorted by image reference; pins ([`PIN_PREFIX`]) are not listed.
     #[context("Listing images")]
     pub fn list(&self) -> Result<Vec<StoredImage>> {
         let mut out = Vec::new();
@@ -221,6 +225,9 @@ impl Store {
                 tracing::debug!("skipping foreign tag {tag}");
                 continue;
             };
+            if image.starts_with(PIN_PREFIX) {
+                continue;
+            }
             let img = OciImage::open(&self.repo, &digest, None)
                 .with_context(|| format!("Opening image {image} ({digest})"))?;
             out.push(describe(&image, &img, self.repo.erofs_version()));

@@ -95,7 +95,7 @@ pub fn is_pinned(sysroot: &Path, id: &str) -> bool {
 /// layers) alive while the deployment exists, whatever its image name
 /// points at later.
 pub fn deployment_tag(id: &str) -> String {
-    format!("deployment:{id}")
+    format!("{}deployment-{id}", bootc_store::PIN_PREFIX)
 }
 
 /// Delete the directory of deployment `id`: renamed to a `.tmp-` name first
