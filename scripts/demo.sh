@@ -1,7 +1,8 @@
 #!/bin/bash
 # The main job on a built-in default: build the example bootable image, pull it
-# into a fresh store (from podman's storage, then from a local registry), and
-# list the store.
+# into a store (from podman's storage and from a local registry), install it to
+# a disk image file, boot that disk in qemu (BIOS/GRUB, TCG) and print the
+# `bootc status` the guest reports on its serial console.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/deps.sh
@@ -13,6 +14,13 @@ work=${BOOTC_DEMO_DIR:-/var/tmp/bootc-demo}
 rm -rf "$work"
 mkdir -p "$work"
 sysroot="$work/sysroot"
+regpid=
+qemupid=
+cleanup() {
+  [ -n "$regpid" ] && kill "$regpid" 2>/dev/null || true
+  [ -n "$qemupid" ] && kill "$qemupid" 2>/dev/null || true
+}
+trap cleanup EXIT
 
 echo "== Pulling containers-storage:localhost/bootc-example:latest into $sysroot"
 "$bootc" --sysroot "$sysroot" image pull containers-storage:localhost/bootc-example:latest
@@ -31,7 +39,6 @@ http:
 REG
 docker-registry serve "$work/registry.yml" > "$work/registry.log" 2>&1 &
 regpid=$!
-trap 'kill $regpid 2>/dev/null || true' EXIT
 for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && break; sleep 0.1; done
 printf '[[registry]]\nlocation = "127.0.0.1:%s"\ninsecure = true\n' "$port" > "$work/registries.conf"
 skopeo copy --quiet --dest-tls-verify=false containers-storage:localhost/bootc-example:latest \
@@ -40,7 +47,30 @@ skopeo copy --quiet --dest-tls-verify=false containers-storage:localhost/bootc-e
 echo "== Pulling 127.0.0.1:$port/bootc-example:latest (same layers: nothing fetched twice)"
 CONTAINERS_REGISTRIES_CONF="$work/registries.conf" \
   "$bootc" --sysroot "$sysroot" image pull "127.0.0.1:$port/bootc-example:latest"
-
 echo "== bootc image list"
 "$bootc" --sysroot "$sysroot" image list
-"$bootc" --sysroot "$sysroot" image fsck
+
+echo "== Installing to $work/disk.raw"
+truncate -s 6G "$work/disk.raw"
+"$bootc" install to-disk --via-loopback --bootloader grub \
+  --source-imgref containers-storage:localhost/bootc-example:latest \
+  --karg bootc.test.poweroff=1 "$work/disk.raw"
+
+echo "== Booting it (qemu, TCG, SeaBIOS; serial console in $work/serial.log)"
+qemu-system-x86_64 -accel tcg -m 2048 -smp 2 -nographic -no-reboot -nic none \
+  -drive file="$work/disk.raw",format=raw,if=virtio \
+  -serial file:"$work/serial.log" -monitor none -display none &
+qemupid=$!
+for _ in $(seq 600); do
+  kill -0 "$qemupid" 2>/dev/null || break
+  sleep 1
+done
+if kill -0 "$qemupid" 2>/dev/null; then
+  echo "error: the guest did not power off within 600 s; see $work/serial.log" >&2
+  exit 1
+fi
+qemupid=
+echo "== bootc status --format json, as printed by the guest"
+sed -n '/BOOTC-STATUS-BEGIN/,/BOOTC-STATUS-END/p' "$work/serial.log" | tr -d '\r'
+grep -a -E 'BOOTC-FINDMNT-(ROOT|USR)' "$work/serial.log" | tr -d '\r' || true
+grep -q BOOTC-STATUS-END "$work/serial.log" || { echo "error: no status from the guest" >&2; exit 1; }
