@@ -580,7 +580,8 @@ fn check_boot(r: &Run, dep: &Deployment) -> Result<()> {
         println!("guest /sysroot: {sysroot}");
     }
     if let Some(rc) = marker("BOOTC-STATUS-FAILED") {
-        bail!("`bootc status --format json` failed in the guest ({rc}) (status side)");
+        let block = vm::parse_block(log, vm::STATUS_BEGIN, vm::STATUS_END).unwrap_or_default();
+        bail!("`bootc status --format json` failed in the guest ({rc}) (status side):\n{block}");
     }
     let status = r.status_json().context("status JSON (status side)")?;
     check_status(&status, dep)?;
@@ -723,10 +724,7 @@ fn disk_test(ctx: &Ctx, firmware: Firmware, bootloader: &str) -> Result<()> {
     let disk = DiskFile::new()?;
     install_to_disk(ctx, &disk.path, bootloader)?;
     let dep = read_deployment(&disk.path)?;
-    println!(
-        "installed deployment {} of {}:{} ({})",
-        dep.id, dep.transport, dep.image, dep.manifest_digest
-    );
+    println!("installed deployment {}: {}", dep.id, dep.json);
     check_podman_digest(&dep)?;
     let parts = partitions(&disk.path)?;
     if bootloader == "grub" {
@@ -735,8 +733,7 @@ fn disk_test(ctx: &Ctx, firmware: Firmware, bootloader: &str) -> Result<()> {
             "GRUB install without a BIOS boot partition (install layout): {parts:?}"
         );
     }
-    boot_and_check(&disk.path, firmware, &dep)
-        .with_context(|| format!("deployment.json: {}", dep.json))?;
+    boot_and_check(&disk.path, firmware, &dep)?;
     drop(disk.dir);
     Ok(())
 }
@@ -801,13 +798,9 @@ fn vm_boot_to_filesystem_bios(ctx: &Ctx) -> Result<()> {
         install?;
         read_deployment(&disk.path)?
     };
-    println!(
-        "installed deployment {} of {}:{} ({})",
-        dep.id, dep.transport, dep.image, dep.manifest_digest
-    );
+    println!("installed deployment {}: {}", dep.id, dep.json);
     check_podman_digest(&dep)?;
-    let r = boot_and_check(&disk.path, Firmware::Bios, &dep)
-        .with_context(|| format!("deployment.json: {}", dep.json))?;
+    let r = boot_and_check(&disk.path, Firmware::Bios, &dep)?;
     // The root= of the entry names the filesystem we made.
     let cmdline = vm::marker_value(&r.log, "BOOTC-CMDLINE").unwrap_or_default();
     ensure!(
