@@ -91,6 +91,90 @@ pub fn is_pinned(sysroot: &Path, id: &str) -> bool {
         .exists()
 }
 
+/// Pin (`true`) or unpin deployment `id`: create or remove its `pinned`
+/// marker, then sync the deployment directory. Returns whether the pin
+/// state changed.
+#[context("Setting the pin of deployment {id}")]
+pub fn set_pinned(sysroot: &Path, id: &str, pinned: bool) -> Result<bool> {
+    anyhow::ensure!(
+        crate::cmdline::is_valid_id(id),
+        "invalid deployment id {id:?}"
+    );
+    let dir = crate::deployment::deployment_dir(sysroot, id);
+    anyhow::ensure!(dir.is_dir(), "no deployment {id} in {}", sysroot.display());
+    let marker = dir.join(PINNED);
+    let changed = match (pinned, marker.exists()) {
+        (true, false) => {
+            std::fs::File::create(&marker)
+                .and_then(|f| f.sync_all())
+                .with_context(|| format!("Creating {}", marker.display()))?;
+            true
+        }
+        (false, true) => {
+            std::fs::remove_file(&marker)
+                .with_context(|| format!("Removing {}", marker.display()))?;
+            true
+        }
+        _ => false,
+    };
+    if changed {
+        crate::fsync_dir(&dir)?;
+    }
+    Ok(changed)
+}
+
+/// What fetching an image costs, given what the store holds already.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DownloadCost {
+    /// Layers of the image.
+    pub layers_total: usize,
+    /// Their size as the manifest gives it (compressed, as transferred).
+    pub bytes_total: u64,
+    /// Layers not in the store yet.
+    pub layers: usize,
+    /// Their size as the manifest gives it.
+    pub bytes: u64,
+}
+
+/// The cost of fetching an image whose manifest lists `layers` (digest and
+/// size, in order) and whose config lists `diff_ids` (same order): a layer
+/// whose diff_id or digest is in `present` (the diff_ids the store holds)
+/// costs nothing. A manifest with more layers than the config has diff_ids
+/// is judged by digests alone for the extra ones.
+pub fn download_cost(
+    layers: &[(String, u64)],
+    diff_ids: &[String],
+    present: &std::collections::HashSet<String>,
+) -> DownloadCost {
+    let mut c = DownloadCost {
+        layers_total: layers.len(),
+        bytes_total: layers.iter().map(|(_, s)| *s).fold(0, u64::saturating_add),
+        ..Default::default()
+    };
+    for (i, (digest, size)) in layers.iter().enumerate() {
+        let stored =
+            present.contains(digest) || diff_ids.get(i).is_some_and(|d| present.contains(d));
+        if !stored {
+            c.layers += 1;
+            c.bytes = c.bytes.saturating_add(*size);
+        }
+    }
+    c
+}
+
+/// Conservative estimate of the space staging needs on the sysroot: the
+/// bytes still to download twice (compressed layers unpacked into the
+/// store), plus the kernel and initramfs copied beside the deployment.
+pub fn space_needed(download_bytes: u64, kernel_bytes: u64) -> u64 {
+    download_bytes.saturating_mul(2).saturating_add(kernel_bytes)
+}
+
+/// How many bytes are missing when `needed` bytes must fit in `available`;
+/// `None` when they fit.
+pub fn space_shortfall(needed: u64, available: u64) -> Option<u64> {
+    (needed > available).then(|| needed - available)
+}
+
 /// The store tag that keeps deployment `id`'s image (manifest, config and
 /// layers) alive while the deployment exists, whatever its image name
 /// points at later.
@@ -209,7 +293,8 @@ pub fn order_after_rollback(order: &[String]) -> Option<Vec<String>> {
 ///
 /// Kept: the default and the rollback (the first two in `order`), the
 /// booted and the staged deployments, and pinned ones (which stay in the
-/// boot entries). Returns (new boot order, deployments to remove).
+/// boot entries if they have one; a pinned deployment without an entry is
+/// never removed either). Returns (new boot order, deployments to remove).
 pub fn select_prune(
     order: &[String],
     booted: Option<&str>,
@@ -229,7 +314,10 @@ pub fn select_prune(
     let remove = present
         .iter()
         .filter(|id| {
-            !keep_order.contains(id) && Some(id.as_str()) != staged && Some(id.as_str()) != booted
+            !keep_order.contains(id)
+                && !pinned.contains(id.as_str())
+                && Some(id.as_str()) != staged
+                && Some(id.as_str()) != booted
         })
         .cloned()
         .collect();
@@ -376,11 +464,135 @@ mod tests {
             ),
             // entries naming a missing deployment are dropped
             (&["gone", "a"], Some("a"), None, &[], &["a"], &["a"], &[]),
+            // a pinned deployment without an entry is kept (not removed)
+            (
+                &["a", "b", "c"],
+                Some("a"),
+                None,
+                &["p", "c"],
+                &["a", "b", "c", "p", "x"],
+                &["a", "b", "c"],
+                &["x"],
+            ),
+            // pinned in third place offline: stays in the order
+            (
+                &["n", "b", "p", "o"],
+                None,
+                None,
+                &["p"],
+                &["n", "b", "p", "o"],
+                &["n", "b", "p"],
+                &["o"],
+            ),
         ];
         for (order, booted, staged, pinned, present, eorder, eremove) in cases {
             let (o, r) = select_prune(&s(order), *booted, *staged, &set(pinned), &set(present));
             assert_eq!((o, r), (s(eorder), s(eremove)), "{order:?} {booted:?}");
         }
+    }
+
+    #[test]
+    fn download_cost_table() {
+        let l = |v: &[(&str, u64)]| {
+            v.iter()
+                .map(|(d, s)| (d.to_string(), *s))
+                .collect::<Vec<_>>()
+        };
+        let set = |v: &[&str]| {
+            v.iter()
+                .map(|x| x.to_string())
+                .collect::<std::collections::HashSet<_>>()
+        };
+        // (layers, diff_ids, present, expected (layers, bytes), totals)
+        type Case<'a> = (
+            &'a [(&'a str, u64)],
+            &'a [&'a str],
+            &'a [&'a str],
+            (usize, u64),
+            (usize, u64),
+        );
+        let cases: &[Case] = &[
+            // nothing stored: everything
+            (
+                &[("c1", 10), ("c2", 20)],
+                &["d1", "d2"],
+                &[],
+                (2, 30),
+                (2, 30),
+            ),
+            // diff_id of the first is stored
+            (
+                &[("c1", 10), ("c2", 20)],
+                &["d1", "d2"],
+                &["d1"],
+                (1, 20),
+                (2, 30),
+            ),
+            // uncompressed layer: digest == diff_id
+            (&[("d1", 10), ("c2", 20)], &[], &["d1"], (1, 20), (2, 30)),
+            // everything stored
+            (
+                &[("c1", 10), ("c2", 20)],
+                &["d1", "d2"],
+                &["d2", "d1", "other"],
+                (0, 0),
+                (2, 30),
+            ),
+            // empty image
+            (&[], &[], &["d1"], (0, 0), (0, 0)),
+            // sizes that would overflow saturate
+            (
+                &[("a", u64::MAX), ("b", 5)],
+                &["x", "y"],
+                &[],
+                (2, u64::MAX),
+                (2, u64::MAX),
+            ),
+        ];
+        for (layers, diff_ids, present, (n, b), (tn, tb)) in cases {
+            let c = download_cost(&l(layers), &s(diff_ids), &set(present));
+            assert_eq!(
+                (c.layers, c.bytes, c.layers_total, c.bytes_total),
+                (*n, *b, *tn, *tb),
+                "{layers:?} {present:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn space_table() {
+        // (download, kernel, available, expected shortfall)
+        let cases: &[(u64, u64, u64, Option<u64>)] = &[
+            (0, 0, 0, None),
+            (100, 50, 250, None),
+            (100, 50, 249, Some(1)),
+            (100, 50, 0, Some(250)),
+            (0, 80, 79, Some(1)),
+            (u64::MAX, 1, u64::MAX, None),
+            (u64::MAX / 2 + 1, 0, u64::MAX - 1, Some(1)),
+        ];
+        for (dl, k, avail, expect) in cases {
+            assert_eq!(
+                space_shortfall(space_needed(*dl, *k), *avail),
+                *expect,
+                "{dl} {k} {avail}"
+            );
+        }
+    }
+
+    #[test]
+    fn pin_and_unpin() {
+        let td = tempfile::tempdir().unwrap();
+        let id = "ef".repeat(32);
+        assert!(set_pinned(td.path(), &id, true).is_err());
+        std::fs::create_dir_all(crate::deployment::deployment_dir(td.path(), &id)).unwrap();
+        assert!(set_pinned(td.path(), &id, true).unwrap());
+        assert!(!set_pinned(td.path(), &id, true).unwrap());
+        assert!(is_pinned(td.path(), &id));
+        assert!(set_pinned(td.path(), &id, false).unwrap());
+        assert!(!set_pinned(td.path(), &id, false).unwrap());
+        assert!(!is_pinned(td.path(), &id));
+        assert!(set_pinned(td.path(), "../x", true).is_err());
     }
 
     #[test]
