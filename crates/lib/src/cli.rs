@@ -38,6 +38,11 @@ pub enum Command {
     Switch(crate::upgrade::SwitchArgs),
     /// Boot the rollback deployment next; discards a staged deployment.
     Rollback(crate::upgrade::RollbackArgs),
+    /// Edit the host spec as YAML in $EDITOR (or from a file) and apply it:
+    /// a new spec.image switches, a flipped spec.bootOrder rolls back.
+    Edit(crate::edit::EditArgs),
+    /// Pin a deployment so pruning never removes it (or unpin it).
+    Pin(crate::deployments::PinArgs),
     /// Internal operations, not a stable interface.
     #[command(subcommand, hide = true)]
     Internals(InternalsCommand),
@@ -148,6 +153,8 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Upgrade(args) => crate::upgrade::upgrade(&cli.sysroot, args).await,
         Command::Switch(args) => crate::upgrade::switch(&cli.sysroot, args).await,
         Command::Rollback(args) => crate::upgrade::rollback(&cli.sysroot, args),
+        Command::Edit(args) => crate::edit::run(&cli.sysroot, args).await,
+        Command::Pin(args) => crate::deployments::pin(&cli.sysroot, args),
         Command::Internals(InternalsCommand::FinalizeStaged) => {
             crate::upgrade::finalize_staged(&cli.sysroot)
         }
@@ -203,6 +210,34 @@ mod tests {
         assert!(u.check && u.quiet && !u.apply);
         assert_eq!(u.tag.as_deref(), Some("v2"));
         assert!(Cli::try_parse_from(["bootc", "upgrade", "--check", "--apply"]).is_err());
+        let cli = Cli::try_parse_from(["bootc", "upgrade", "--download-only"]).unwrap();
+        let Command::Upgrade(u) = cli.command else {
+            panic!("not an upgrade")
+        };
+        assert!(u.download_only && !u.from_downloaded);
+        let cli =
+            Cli::try_parse_from(["bootc", "upgrade", "--from-downloaded", "--apply"]).unwrap();
+        let Command::Upgrade(u) = cli.command else {
+            panic!("not an upgrade")
+        };
+        assert!(u.from_downloaded && u.apply);
+        for bad in [
+            &["bootc", "upgrade", "--download-only", "--apply"][..],
+            &["bootc", "upgrade", "--download-only", "--from-downloaded"],
+            &["bootc", "upgrade", "--check", "--download-only"],
+            &["bootc", "upgrade", "--from-downloaded", "--tag", "v2"],
+            &["bootc", "switch", "--download-only", "--apply", "x"],
+        ] {
+            assert!(Cli::try_parse_from(bad).is_err(), "{bad:?}");
+        }
+        let cli = Cli::try_parse_from(["bootc", "switch", "--download-only", "x"]).unwrap();
+        assert!(matches!(cli.command, Command::Switch(s) if s.download_only));
+        let cli = Cli::try_parse_from(["bootc", "pin", "--unpin", "rollback"]).unwrap();
+        assert!(matches!(cli.command, Command::Pin(p) if p.unpin && p.deployment == "rollback"));
+        let cli = Cli::try_parse_from(["bootc", "edit", "-f", "/tmp/h.yaml", "--quiet"]).unwrap();
+        assert!(
+            matches!(cli.command, Command::Edit(e) if e.quiet && e.filename.as_deref() == Some(std::path::Path::new("/tmp/h.yaml")))
+        );
         let cli =
             Cli::try_parse_from(["bootc", "rollback", "--apply", "--sysroot", "/mnt"]).unwrap();
         assert!(matches!(

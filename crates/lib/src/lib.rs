@@ -5,11 +5,14 @@
 //! - [`install`]: `bootc install to-disk|to-filesystem|to-existing-root|print-configuration`.
 //! - [`status`]: `bootc status`.
 //! - [`upgrade`]: `bootc upgrade|switch|rollback`, `bootc internals finalize-staged`.
+//! - [`edit`]: `bootc edit`.
+//! - [`deployments`]: reading deployments by role; `bootc pin`.
 
 pub mod cli;
 pub mod deployments;
+pub mod edit;
 pub mod image;
 pub mod install;
+pub mod progress;
 pub mod status;
 pub mod upgrade;
-pub mod progress;

@@ -216,6 +216,12 @@ fn render_entry(out: &mut String, booted: bool, label: &str, entry: &BootEntry, 
             let _ = writeln!(out, "{mark} {label}: (not from a container image)");
         }
     }
+    if entry.pinned && !verbose {
+        let _ = writeln!(out, "{:>w$}: yes", "Pinned");
+    }
+    if entry.download_only && !verbose {
+        let _ = writeln!(out, "{:>w$}: Download-only", "Staged state");
+    }
     if verbose {
         if let Some(c) = &entry.composefs {
             let _ = writeln!(out, "{:>w$}: {}", "Deployment", c.verity);

@@ -38,8 +38,9 @@ pub const FINALIZE_UNIT: &str = "bootc-finalize-staged.service";
 #[derive(Debug, clap::Args)]
 pub struct UpgradeArgs {
     /// Only check for an update: fetch the manifest and config and print
-    /// the version, digest and timestamp that would be staged.
-    #[arg(long, conflicts_with = "apply")]
+    /// the version, digest and timestamp that would be staged, and the
+    /// layers and bytes still to download.
+    #[arg(long, conflicts_with_all = ["apply", "download_only", "from_downloaded"])]
     pub check: bool,
     /// Reboot when an update was staged.
     #[arg(long)]
@@ -50,6 +51,13 @@ pub struct UpgradeArgs {
     /// Move to another tag of the tracked image.
     #[arg(long, value_name = "TAG")]
     pub tag: Option<String>,
+    /// Fetch and stage the update, but do not apply it at shutdown until
+    /// `bootc upgrade --from-downloaded` (or a plain `bootc upgrade`) unlocks it.
+    #[arg(long, conflicts_with_all = ["apply", "from_downloaded"])]
+    pub download_only: bool,
+    /// Apply the download-only staged deployment without fetching anything.
+    #[arg(long, conflicts_with = "tag")]
+    pub from_downloaded: bool,
 }
 
 /// Arguments of `bootc switch`.
@@ -75,6 +83,10 @@ pub struct SwitchArgs {
     /// Print nothing but errors.
     #[arg(long, short)]
     pub quiet: bool,
+    /// Fetch and stage the image, but do not apply it at shutdown until
+    /// `bootc upgrade --from-downloaded` unlocks it.
+    #[arg(long, conflicts_with = "apply")]
+    pub download_only: bool,
 }
 
 /// Arguments of `bootc rollback`.
@@ -300,20 +312,33 @@ fn remove_kernel(t: &Target, dep: &Deployment) -> Result<()> {
 }
 
 /// What to stage.
-struct StageRequest {
-    imgref: ImageRef,
-    signature: Option<ImageSignature>,
-    enforce: bool,
-    retain: bool,
-    quiet: bool,
+pub(crate) struct StageRequest {
+    pub(crate) imgref: ImageRef,
+    pub(crate) signature: Option<ImageSignature>,
+    pub(crate) enforce: bool,
+    pub(crate) retain: bool,
+    pub(crate) quiet: bool,
+    /// Stage it locked: not applied until `--from-downloaded`.
+    pub(crate) download_only: bool,
 }
 
-/// Stage `req`; `Ok(None)` when there is nothing new.
-async fn stage(t: &Target, store: &Store, req: &StageRequest) -> Result<Option<Deployment>> {
+/// What staging did.
+enum StageOutcome {
+    /// Nothing new (already booted, or already staged as asked).
+    Unchanged,
+    /// A new deployment was staged.
+    Staged(Deployment),
+    /// The download-only staged deployment is the update: it is unlocked.
+    Unlocked(Deployment),
+}
+
+/// Stage `req`.
+async fn stage(t: &Target, store: &Store, req: &StageRequest) -> Result<StageOutcome> {
     let order = current_order(t)?;
     let base = base_deployment(t, &order)?;
     let all = deployment::list_deployments(&t.sysroot)?;
     pin_deployment_images(store, &all)?;
+    ensure_space(t, store, &req.imgref, &base)?;
     let (opts, progress) = pull_options(req.enforce, req.quiet, &req.imgref)?;
     let outcome = bootc_oci::pull::pull(store, &req.imgref, &opts).await;
     progress.finish();
@@ -330,17 +355,37 @@ async fn stage(t: &Target, store: &Store, req: &StageRequest) -> Result<Option<D
     };
     if image.manifest_digest == base.manifest_digest && new_ref == base.image {
         t.say(req.quiet, format!("No changes in {}", req.imgref));
-        return Ok(None);
+        return Ok(StageOutcome::Unchanged);
     }
-    if let Some(sd) = &staged_dep
+    if let (Some(s), Some(sd)) = (&staged, &staged_dep)
         && sd.manifest_digest == image.manifest_digest
         && sd.image == new_ref
     {
-        t.say(
-            req.quiet,
-            format!("No changes in {} (already staged)", req.imgref),
-        );
-        return Ok(None);
+        if s.download_only == req.download_only {
+            t.say(
+                req.quiet,
+                format!("No changes in {} (already staged)", req.imgref),
+            );
+            return Ok(StageOutcome::Unchanged);
+        }
+        lifecycle::write_staged(
+            &t.sysroot,
+            &Staged {
+                download_only: req.download_only,
+                ..s.clone()
+            },
+        )?;
+        if req.download_only {
+            t.say(
+                req.quiet,
+                format!(
+                    "The staged deployment of {} is now download-only: it is not applied until `bootc upgrade --from-downloaded`",
+                    req.imgref
+                ),
+            );
+            return Ok(StageOutcome::Unchanged);
+        }
+        return Ok(StageOutcome::Unlocked(sd.clone()));
     }
     let id = image
         .composefs_image
@@ -385,16 +430,17 @@ async fn stage(t: &Target, store: &Store, req: &StageRequest) -> Result<Option<D
         bootc_sysroot::create_deployment(store, &new_mount, &image, &new)?
     };
     install_kernel(t, &dep, &new_mount)?;
+    drop(new_mount);
     lifecycle::write_staged(
         &t.sysroot,
         &Staged {
             id: id.clone(),
-            download_only: false,
+            download_only: req.download_only,
             staged_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
             retain: req.retain,
         },
     )?;
-    Ok(Some(dep))
+    Ok(StageOutcome::Staged(dep))
 }
 
 /// Rewrite the record of the existing deployment `id` for `new`.
@@ -603,27 +649,72 @@ fn prune(
     Ok(())
 }
 
-/// Stage, then finalize at once (offline) or leave it to the shutdown unit.
-async fn stage_and_finish(t: &Target, req: StageRequest, apply: bool) -> Result<()> {
+/// Stage, then finalize at once (offline) or leave it to the shutdown unit;
+/// a download-only deployment is left staged and locked.
+pub(crate) async fn stage_and_finish(t: &Target, req: StageRequest, apply: bool) -> Result<()> {
     let store = Store::ensure(&t.sysroot)?;
     let lock = crate::image::lock(&store)?;
-    let Some(dep) = stage(t, &store, &req).await? else {
-        return Ok(());
+    let dep = match stage(t, &store, &req).await? {
+        StageOutcome::Unchanged => return Ok(()),
+        StageOutcome::Staged(dep) if req.download_only => {
+            t.say(
+                req.quiet,
+                format!(
+                    "Downloaded {}; it is not applied until `bootc upgrade --from-downloaded`",
+                    describe(&req.imgref.to_string(), &dep)
+                ),
+            );
+            return Ok(());
+        }
+        StageOutcome::Staged(dep) => dep,
+        StageOutcome::Unlocked(dep) => {
+            t.say(
+                req.quiet,
+                format!(
+                    "The download-only deployment {} is the update; unlocked",
+                    dep.id()
+                ),
+            );
+            dep
+        }
     };
-    let what = format!(
-        "{} ({}{})",
-        req.imgref,
+    finish(
+        t,
+        &store,
+        lock,
+        &describe(&req.imgref.to_string(), &dep),
+        req.quiet,
+        apply,
+    )
+}
+
+/// `IMAGE (DIGEST, version V)` for messages.
+fn describe(imgref: &str, dep: &Deployment) -> String {
+    format!(
+        "{imgref} ({}{})",
         dep.manifest_digest,
         dep.version
             .as_deref()
             .map(|v| format!(", version {v}"))
             .unwrap_or_default()
-    );
+    )
+}
+
+/// The staged (unlocked) deployment `what` is ready: finalize it at once
+/// offline, else arm the shutdown unit and reboot if `apply`.
+fn finish(
+    t: &Target,
+    store: &Store,
+    lock: bootc_store::WriteLock,
+    what: &str,
+    quiet: bool,
+    apply: bool,
+) -> Result<()> {
     if t.booted.is_none() {
         let staged = lifecycle::read_staged(&t.sysroot)?.context("staged.json vanished")?;
-        finalize(t, &store, &staged)?;
+        finalize(t, store, &staged)?;
         t.say(
-            req.quiet,
+            quiet,
             format!("Deployed {what}; it boots next on {}", t.sysroot.display()),
         );
         if apply {
@@ -633,11 +724,44 @@ async fn stage_and_finish(t: &Target, req: StageRequest, apply: bool) -> Result<
     }
     drop(lock);
     start_finalize_unit();
-    t.say(req.quiet, format!("Queued for next boot: {what}"));
+    t.say(quiet, format!("Queued for next boot: {what}"));
     if apply {
         reboot()?;
     }
     Ok(())
+}
+
+/// `bootc upgrade --from-downloaded`: unlock the download-only staged
+/// deployment without fetching, then finish as a normal update.
+fn from_downloaded(t: &Target, quiet: bool, apply: bool) -> Result<()> {
+    let store = Store::open(&t.sysroot)?
+        .with_context(|| format!("No image store in {}", t.sysroot.display()))?;
+    let lock = crate::image::lock(&store)?;
+    let staged = lifecycle::read_staged(&t.sysroot)?
+        .context("No downloaded update to apply; run `bootc upgrade --download-only` first")?;
+    let dep = deployment::load_deployment(&t.sysroot, &staged.id)?
+        .with_context(|| format!("The staged deployment {} is missing", staged.id))?;
+    if staged.download_only {
+        lifecycle::write_staged(
+            &t.sysroot,
+            &Staged {
+                download_only: false,
+                ..staged
+            },
+        )?;
+    } else {
+        t.say(
+            quiet,
+            format!(
+                "The staged deployment {} is not download-only; it is already queued",
+                dep.id()
+            ),
+        );
+    }
+    let name = imgref_of(&dep.image)
+        .map(|r| r.to_string())
+        .unwrap_or_else(|_| dep.image.image.clone());
+    finish(t, &store, lock, &describe(&name, &dep), quiet, apply)
 }
 
 /// Arm the unit whose stop finalizes at shutdown. Without systemd (or the
@@ -704,8 +828,13 @@ pub async fn upgrade(sysroot: &Path, args: UpgradeArgs) -> Result<()> {
     if let Some(tag) = &args.tag {
         imgref = with_tag(&imgref, tag)?;
     }
+    if args.from_downloaded {
+        return from_downloaded(&t, args.quiet, args.apply);
+    }
     if args.check {
-        return check(&t, &base, &imgref, args.quiet);
+        let info = check_update(&t, &base, &imgref)?;
+        t.say(args.quiet, info.to_string().trim_end());
+        return Ok(());
     }
     let req = StageRequest {
         imgref,
@@ -713,6 +842,7 @@ pub async fn upgrade(sysroot: &Path, args: UpgradeArgs) -> Result<()> {
         enforce: base.image.signature == Some(ImageSignature::ContainerPolicy),
         retain: false,
         quiet: args.quiet,
+        download_only: args.download_only,
     };
     stage_and_finish(&t, req, args.apply).await
 }
@@ -739,46 +869,283 @@ pub async fn switch(sysroot: &Path, args: SwitchArgs) -> Result<()> {
         enforce: args.enforce_container_sigpolicy,
         retain: args.retain,
         quiet: args.quiet,
+        download_only: args.download_only,
     };
     stage_and_finish(&t, req, args.apply).await
 }
 
-/// `bootc upgrade --check`: the manifest and config only, via skopeo.
-fn check(t: &Target, base: &Deployment, imgref: &ImageRef, quiet: bool) -> Result<()> {
-    let out = Command::new("skopeo")
+/// A `skopeo` command with `--registries-conf` when
+/// `$CONTAINERS_REGISTRIES_CONF` is set (Debian's skopeo 1.9 does not read it).
+fn skopeo() -> Command {
+    let mut cmd = Command::new("skopeo");
+    if let Some(conf) = std::env::var_os("CONTAINERS_REGISTRIES_CONF") {
+        cmd.arg("--registries-conf").arg(conf);
+    }
+    cmd
+}
+
+/// Run `skopeo inspect ARGS IMAGE` and parse its JSON.
+fn skopeo_inspect(args: &[&str], image: &str) -> Result<serde_json::Value> {
+    let out = skopeo()
         .arg("inspect")
-        .arg(imgref.to_skopeo_string())
+        .args(args)
+        .arg(image)
         .output()
         .context("Running skopeo inspect")?;
     if !out.status.success() {
         bail!(
-            "Inspecting {imgref}: {}",
+            "Inspecting {image}: {}",
             String::from_utf8_lossy(&out.stderr).trim()
         );
     }
-    let v: serde_json::Value =
-        serde_json::from_slice(&out.stdout).context("Parsing skopeo inspect output")?;
-    let digest = v["Digest"].as_str().unwrap_or_default();
-    let created = v["Created"].as_str().unwrap_or("-");
-    let version = v["Labels"]["org.opencontainers.image.version"]
-        .as_str()
-        .unwrap_or("-");
+    serde_json::from_slice(&out.stdout).with_context(|| {
+        format!(
+            "Parsing skopeo inspect {} output for {image}",
+            args.join(" ")
+        )
+    })
+}
+
+/// The architecture name of this machine as OCI spells it.
+fn oci_arch() -> &'static str {
+    match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        "powerpc64" => "ppc64le",
+        a => a,
+    }
+}
+
+/// A registry name with its tag replaced by `@digest`.
+fn by_digest(name: &str, digest: &str) -> String {
+    let base = name.split('@').next().unwrap_or(name);
+    let last_slash = base.rfind('/').map(|i| i + 1).unwrap_or(0);
+    let repo = match base[last_slash..].rfind(':') {
+        Some(c) => &base[..last_slash + c],
+        None => base,
+    };
+    format!("{repo}@{digest}")
+}
+
+/// The layers (digest, size) of `imgref`'s manifest for this machine and
+/// the diff_ids of its config, from `skopeo inspect --raw [--config]`.
+fn remote_layers(imgref: &ImageRef) -> Result<(Vec<(String, u64)>, Vec<String>)> {
+    let mut image = imgref.to_skopeo_string();
+    let mut manifest = skopeo_inspect(&["--raw"], &image)?;
+    if manifest.get("manifests").is_some() {
+        // An index: the manifest of our platform, by digest.
+        let digest = manifest["manifests"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|m| m["platform"]["architecture"] == oci_arch() && m["platform"]["os"] == "linux")
+            .and_then(|m| m["digest"].as_str())
+            .with_context(|| format!("{imgref} has no image for linux/{}", oci_arch()))?
+            .to_owned();
+        anyhow::ensure!(
+            imgref.transport == bootc_oci::imgref::Transport::Registry,
+            "{imgref} is a multi-platform index; only registry images are resolved by digest"
+        );
+        image = format!(
+            "{}{}",
+            imgref.transport.skopeo_prefix(),
+            by_digest(&imgref.name, &digest)
+        );
+        manifest = skopeo_inspect(&["--raw"], &image)?;
+    }
+    let layers = manifest["layers"]
+        .as_array()
+        .with_context(|| format!("The manifest of {imgref} lists no layers"))?
+        .iter()
+        .map(|l| {
+            Ok((
+                l["digest"]
+                    .as_str()
+                    .context("A layer without a digest")?
+                    .to_owned(),
+                l["size"].as_u64().context("A layer without a size")?,
+            ))
+        })
+        .collect::<Result<Vec<_>>>()
+        .with_context(|| format!("Reading the manifest of {imgref}"))?;
+    let config = skopeo_inspect(&["--raw", "--config"], &image)?;
+    let diff_ids = config["rootfs"]["diff_ids"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|d| d.as_str().map(str::to_owned))
+        .collect();
+    Ok((layers, diff_ids))
+}
+
+/// What fetching `imgref` into the store of `sysroot` costs.
+pub fn download_cost(sysroot: &Path, imgref: &ImageRef) -> Result<lifecycle::DownloadCost> {
+    let (layers, diff_ids) = remote_layers(imgref)?;
+    let present = match Store::open(sysroot)? {
+        Some(store) => store.present_layers()?,
+        None => Default::default(),
+    };
+    Ok(lifecycle::download_cost(&layers, &diff_ids, &present))
+}
+
+/// Bytes as people read them.
+fn human_bytes(b: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = b as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < UNITS.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{b} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+/// The size of `base`'s kernel and initramfs on the sysroot (GRUB keeps
+/// them in `/boot/bootc/<ID>/`; systemd-boot on the ESP, another filesystem).
+fn kernel_bytes(t: &Target, base: &Deployment) -> u64 {
+    if base.bootloader != Bootloader::Grub {
+        return 0;
+    }
+    let dir = t.boot_dir().join("bootc").join(base.id());
+    std::fs::read_dir(&dir)
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok()?.metadata().ok())
+        .map(|m| m.len())
+        .sum()
+}
+
+/// Refuse to stage `imgref` when the sysroot's filesystem cannot hold it
+/// ([`lifecycle::space_needed`]). When the download size cannot be learnt,
+/// warn and go on (the pull reports its own errors).
+fn ensure_space(t: &Target, store: &Store, imgref: &ImageRef, base: &Deployment) -> Result<()> {
+    let cost = match remote_layers(imgref) {
+        Ok((layers, diff_ids)) => {
+            lifecycle::download_cost(&layers, &diff_ids, &store.present_layers()?)
+        }
+        Err(e) => {
+            eprintln!(
+                "warning: cannot learn the download size of {imgref} ({e:#}); not checking free space"
+            );
+            return Ok(());
+        }
+    };
+    let kernel = kernel_bytes(t, base);
+    let needed = lifecycle::space_needed(cost.bytes, kernel);
+    let st = rustix::fs::statvfs(&t.sysroot)
+        .with_context(|| format!("Reading the free space of {}", t.sysroot.display()))?;
+    let available = st.f_bavail.saturating_mul(st.f_frsize);
+    if lifecycle::space_shortfall(needed, available).is_some() {
+        let source = Command::new("findmnt")
+            .args(["-n", "-o", "SOURCE", "-T"])
+            .arg(&t.sysroot)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| format!(" ({})", String::from_utf8_lossy(&o.stdout).trim()))
+            .unwrap_or_default();
+        bail!(
+            "Not enough free space to stage {imgref} on the filesystem of {}{source}: it needs about {needed} bytes ({}: {} layers with {} bytes to download, counted twice, plus {kernel} bytes of kernel and initramfs) and {available} bytes ({}) are available; free some space (for example `bootc image gc`) and retry",
+            t.sysroot.display(),
+            human_bytes(needed),
+            cost.layers,
+            cost.bytes,
+            human_bytes(available),
+        );
+    }
+    Ok(())
+}
+
+/// What `upgrade --check` found.
+#[derive(Debug, Clone)]
+pub struct UpdateInfo {
+    /// The image checked.
+    pub imgref: String,
+    /// Whether it differs from the booted and staged deployments.
+    pub available: bool,
+    /// Its manifest digest.
+    pub digest: String,
+    /// Its version label.
+    pub version: Option<String>,
+    /// Its creation time.
+    pub created: Option<String>,
+    /// What fetching it costs; `None` if that could not be learnt.
+    pub cost: Option<lifecycle::DownloadCost>,
+}
+
+impl std::fmt::Display for UpdateInfo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if !self.available {
+            return writeln!(f, "No changes in: {}", self.imgref);
+        }
+        writeln!(f, "Update available for: {}", self.imgref)?;
+        writeln!(f, "  Version: {}", self.version.as_deref().unwrap_or("-"))?;
+        writeln!(f, "  Digest: {}", self.digest)?;
+        writeln!(f, "  Timestamp: {}", self.created.as_deref().unwrap_or("-"))?;
+        match &self.cost {
+            Some(c) => writeln!(
+                f,
+                "  To download: {} of {} layers, {} bytes ({}) of {} bytes",
+                c.layers,
+                c.layers_total,
+                c.bytes,
+                human_bytes(c.bytes),
+                c.bytes_total
+            ),
+            None => writeln!(f, "  To download: unknown"),
+        }
+    }
+}
+
+/// `bootc upgrade --check`: the manifest and config only, via skopeo.
+pub fn check_update(t: &Target, base: &Deployment, imgref: &ImageRef) -> Result<UpdateInfo> {
+    let v = skopeo_inspect(&[], &imgref.to_skopeo_string())?;
+    let digest = v["Digest"].as_str().unwrap_or_default().to_owned();
     let staged = lifecycle::read_staged(&t.sysroot)?.and_then(|s| {
         deployment::load_deployment(&t.sysroot, &s.id)
             .ok()
             .flatten()
     });
-    if digest == base.manifest_digest
-        || staged.as_ref().is_some_and(|s| s.manifest_digest == digest)
-    {
-        t.say(quiet, format!("No changes in: {imgref}"));
+    let available = digest != base.manifest_digest
+        && staged.as_ref().is_none_or(|s| s.manifest_digest != digest);
+    let cost = if available {
+        match download_cost(&t.sysroot, imgref) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                eprintln!("warning: cannot learn the download size of {imgref}: {e:#}");
+                None
+            }
+        }
     } else {
-        t.say(
-            quiet,
-            format!("Update available for: {imgref}\n  Version: {version}\n  Digest: {digest}\n  Timestamp: {created}"),
-        );
+        None
+    };
+    Ok(UpdateInfo {
+        imgref: imgref.to_string(),
+        available,
+        digest,
+        version: v["Labels"]["org.opencontainers.image.version"]
+            .as_str()
+            .map(str::to_owned),
+        created: v["Created"].as_str().map(str::to_owned),
+        cost,
+    })
+}
+
+/// `bootc upgrade --check` for the host at `sysroot` (optionally another
+/// tag of its image), without printing.
+pub fn check_for(sysroot: &Path, tag: Option<&str>) -> Result<UpdateInfo> {
+    let t = Target::find(sysroot)?;
+    let order = current_order(&t)?;
+    let base = base_deployment(&t, &order)?;
+    let mut imgref = imgref_of(&base.image)?;
+    if let Some(tag) = tag {
+        imgref = with_tag(&imgref, tag)?;
     }
-    Ok(())
+    check_update(&t, &base, &imgref)
 }
 
 /// `bootc rollback`.
