@@ -1,0 +1,311 @@
+//! Unattended operation on a loop disk, offline (`--sysroot`): download-only
+//! staging and `--from-downloaded`, `upgrade --check` download cost, the
+//! free-space refusal, pinning through pruning, and `bootc edit -f`.
+//!
+//! Needs root, podman and the example image `localhost/bootc-example:latest`
+//! (built by examples/build.sh); skipped otherwise.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const REPO: &str = "localhost/bootc-unattended-test";
+
+fn sh(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn run(args: &[&str]) -> anyhow::Result<()> {
+    let mut v = vec!["bootc".to_owned()];
+    v.extend(args.iter().map(|s| s.to_string()));
+    bootc_lib::cli::run_from_args(v.into_iter().map(Into::into))
+}
+
+fn bootc(args: &[&str]) {
+    run(args).unwrap_or_else(|e| panic!("bootc {args:?}: {e:#}"));
+}
+
+fn bootc_err(args: &[&str]) -> String {
+    match run(args) {
+        Ok(()) => panic!("bootc {args:?} succeeded"),
+        Err(e) => format!("{e:#}"),
+    }
+}
+
+fn image_exists(name: &str) -> bool {
+    Command::new("podman")
+        .args(["image", "exists", name])
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Loop device + mount of the root partition, undone on drop.
+struct Mounted {
+    loopdev: String,
+    mnt: PathBuf,
+}
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.mnt).status();
+        let _ = Command::new("partx").args(["-d", &self.loopdev]).status();
+        let _ = Command::new("losetup").args(["-d", &self.loopdev]).status();
+    }
+}
+
+/// Deployment ids in boot order (default first), from the BLS entries.
+fn order(mnt: &Path) -> Vec<String> {
+    let mut v: Vec<(u64, String)> = std::fs::read_dir(mnt.join("boot/loader/entries"))
+        .unwrap()
+        .map(|e| {
+            let text = std::fs::read_to_string(e.unwrap().path()).unwrap();
+            let version = text
+                .lines()
+                .find_map(|l| l.strip_prefix("version "))
+                .unwrap()
+                .parse()
+                .unwrap();
+            let id = text
+                .split_whitespace()
+                .find_map(|a| a.strip_prefix("composefs="))
+                .unwrap()
+                .to_owned();
+            (version, id)
+        })
+        .collect();
+    v.sort_by(|a, b| b.0.cmp(&a.0));
+    v.into_iter().map(|(_, id)| id).collect()
+}
+
+fn host(mnt: &Path) -> bootc_spec::Host {
+    let state = bootc_lib::deployments::load_state(mnt).unwrap();
+    bootc_lib::status::build_host(&state, None)
+}
+
+fn build(tag: &str, from: &str, run: &str, dir: &Path) {
+    let cf = dir.join(format!("Containerfile.{tag}"));
+    std::fs::write(
+        &cf,
+        format!("FROM {from}\nRUN {run}\nLABEL org.opencontainers.image.version={tag}\n"),
+    )
+    .unwrap();
+    sh(Command::new("podman")
+        .args([
+            "build",
+            "--isolation=chroot",
+            "-q",
+            "-t",
+            &format!("{REPO}:{tag}"),
+            "-f",
+        ])
+        .arg(&cf)
+        .arg(dir));
+}
+
+#[test]
+fn offline_unattended_operation() {
+    if !rustix::process::getuid().is_root() || !image_exists("localhost/bootc-example:latest") {
+        eprintln!("skipped: needs root and localhost/bootc-example:latest");
+        return;
+    }
+    let td = tempfile::tempdir().unwrap();
+    let v1_img = format!("{REPO}:v1");
+    sh(Command::new("podman").args(["tag", "localhost/bootc-example:latest", &v1_img]));
+    build(
+        "v2",
+        &v1_img,
+        "echo v2 > /usr/share/unattended-v2 && echo v2 > /etc/unattended.conf",
+        td.path(),
+    );
+    build(
+        "v3",
+        &format!("{REPO}:v2"),
+        "head -c 3000000 /dev/urandom > /usr/share/unattended-v3",
+        td.path(),
+    );
+    sh(Command::new("podman").args(["tag", &v1_img, &format!("{REPO}:cur")]));
+
+    let disk = td.path().join("disk.img");
+    std::fs::File::create(&disk)
+        .unwrap()
+        .set_len(6 << 30)
+        .unwrap();
+    let disk_s = disk.to_str().unwrap();
+    bootc(&[
+        "install",
+        "to-disk",
+        "--via-loopback",
+        "--bootloader",
+        "grub",
+        "--source-imgref",
+        &format!("containers-storage:{REPO}:cur"),
+        disk_s,
+    ]);
+    let loopdev = sh(Command::new("losetup").args(["-f", "--show", disk_s]))
+        .trim()
+        .to_owned();
+    let mnt = td.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let m = Mounted {
+        loopdev: loopdev.clone(),
+        mnt: mnt.clone(),
+    };
+    sh(Command::new("partx").args(["-a", &loopdev]));
+    sh(Command::new("mount").arg(format!("{loopdev}p3")).arg(&mnt));
+    let sysroot = mnt.to_str().unwrap();
+    let v1 = order(&mnt)[0].clone();
+
+    // --check: what v2 costs (v1's layers are in the store already).
+    sh(Command::new("podman").args(["tag", &format!("{REPO}:v2"), &format!("{REPO}:cur")]));
+    let info = bootc_lib::upgrade::check_for(&mnt, None).unwrap();
+    assert!(info.available, "{info}");
+    let cost = info.cost.unwrap();
+    assert!(
+        cost.layers >= 1 && cost.layers < cost.layers_total && cost.bytes > 0,
+        "{info}"
+    );
+    assert!(info.to_string().contains("To download: "), "{info}");
+    eprintln!("{info}");
+
+    // Download-only: staged, locked, not finalized (not even offline).
+    bootc(&[
+        "upgrade",
+        "--download-only",
+        "--quiet",
+        "--sysroot",
+        sysroot,
+    ]);
+    let staged = bootc_sysroot::lifecycle::read_staged(&mnt)
+        .unwrap()
+        .expect("staged");
+    assert!(staged.download_only);
+    assert_eq!(order(&mnt), vec![v1.clone()]);
+    let h = host(&mnt);
+    assert!(h.status.staged.as_ref().unwrap().download_only);
+    let human = bootc_lib::status::render_human(&h, true);
+    assert!(human.contains("Download-only"), "{human}");
+    bootc(&["internals", "finalize-staged", "--sysroot", sysroot]);
+    assert_eq!(order(&mnt), vec![v1.clone()]);
+    // The same image again: nothing new to fetch, still locked.
+    bootc(&[
+        "upgrade",
+        "--download-only",
+        "--quiet",
+        "--sysroot",
+        sysroot,
+    ]);
+    assert!(
+        bootc_sysroot::lifecycle::read_staged(&mnt)
+            .unwrap()
+            .unwrap()
+            .download_only
+    );
+
+    // --from-downloaded unlocks it; offline that finalizes at once.
+    bootc(&[
+        "upgrade",
+        "--from-downloaded",
+        "--quiet",
+        "--sysroot",
+        sysroot,
+    ]);
+    assert!(
+        bootc_sysroot::lifecycle::read_staged(&mnt)
+            .unwrap()
+            .is_none()
+    );
+    let v2 = staged.id.clone();
+    assert_eq!(order(&mnt), vec![v2.clone(), v1.clone()]);
+    assert!(
+        bootc_err(&["upgrade", "--from-downloaded", "--sysroot", sysroot])
+            .contains("No downloaded update")
+    );
+
+    // Pin the rollback (v1).
+    bootc(&["pin", "rollback", "--sysroot", sysroot]);
+    assert!(bootc_sysroot::lifecycle::is_pinned(&mnt, &v1));
+
+    // Free space: with the disk full, staging v3 is refused and leaves nothing.
+    sh(Command::new("podman").args(["tag", &format!("{REPO}:v3"), &format!("{REPO}:cur")]));
+    let st = rustix::fs::statvfs(&mnt).unwrap();
+    let fill = mnt.join("fill");
+    let keep = 1 << 20;
+    sh(Command::new("fallocate")
+        .args(["-l", &(st.f_bavail * st.f_frsize - keep).to_string()])
+        .arg(&fill));
+    let err = bootc_err(&["upgrade", "--quiet", "--sysroot", sysroot]);
+    eprintln!("{err}");
+    assert!(
+        err.contains("Not enough free space") && err.contains(sysroot),
+        "{err}"
+    );
+    assert!(
+        bootc_sysroot::lifecycle::read_staged(&mnt)
+            .unwrap()
+            .is_none()
+    );
+    assert_eq!(order(&mnt), vec![v2.clone(), v1.clone()]);
+    std::fs::remove_file(&fill).unwrap();
+
+    // v3: the pinned v1 survives pruning and shows in otherDeployments.
+    bootc(&["upgrade", "--quiet", "--sysroot", sysroot]);
+    let o = order(&mnt);
+    assert_eq!(o.len(), 3, "{o:?}");
+    let v3 = o[0].clone();
+    assert_eq!(o[1..], [v2.clone(), v1.clone()]);
+    let h = host(&mnt);
+    assert_eq!(h.status.other_deployments.len(), 1);
+    assert!(h.status.other_deployments[0].pinned);
+    assert_eq!(
+        h.status.other_deployments[0]
+            .composefs
+            .as_ref()
+            .unwrap()
+            .verity,
+        v1
+    );
+    bootc(&["pin", "--unpin", &v1[..12], "--sysroot", sysroot]);
+    assert!(!bootc_sysroot::lifecycle::is_pinned(&mnt, &v1));
+
+    // bootc edit -f.
+    let yaml = serde_yaml_ng::to_string(&host(&mnt)).unwrap();
+    let f = td.path().join("host.yaml");
+    let f_s = f.to_str().unwrap();
+    let edit_err = |text: &str| {
+        std::fs::write(&f, text).unwrap();
+        bootc_err(&["edit", "-f", f_s, "--sysroot", sysroot])
+    };
+    let e = edit_err(&yaml.replace("spec:\n", "spec:\n  color: red\n"));
+    assert!(e.contains("unknown field(s): spec.color"), "{e}");
+    eprintln!("{e}");
+    let e = edit_err(&yaml.replace("spec:\n", "spec: [\n"));
+    assert!(e.contains("invalid YAML"), "{e}");
+    assert_eq!(order(&mnt)[0], v3);
+    std::fs::write(&f, &yaml).unwrap();
+    bootc(&["edit", "-f", f_s, "--quiet", "--sysroot", sysroot]);
+    assert_eq!(order(&mnt)[0], v3);
+    // bootOrder: rollback → as `bootc rollback`.
+    assert!(yaml.contains("bootOrder: default"), "{yaml}");
+    std::fs::write(
+        &f,
+        yaml.replace("bootOrder: default", "bootOrder: rollback"),
+    )
+    .unwrap();
+    bootc(&["edit", "-f", f_s, "--sysroot", sysroot]);
+    assert_eq!(order(&mnt)[..2], [v2.clone(), v3.clone()]);
+    // spec.image → as `bootc switch`.
+    let yaml = serde_yaml_ng::to_string(&host(&mnt)).unwrap();
+    let cur = format!("image: {REPO}:cur");
+    assert!(yaml.contains(&cur), "{yaml}");
+    std::fs::write(&f, yaml.replacen(&cur, &format!("image: {REPO}:v1"), 1)).unwrap();
+    bootc(&["edit", "-f", f_s, "--quiet", "--sysroot", sysroot]);
+    assert_eq!(order(&mnt)[0], v1);
+    let h = host(&mnt);
+    assert_eq!(h.spec.image.as_ref().unwrap().image, format!("{REPO}:v1"));
+    drop(m);
+}
