@@ -54,6 +54,9 @@ pub enum InternalsCommand {
     /// Finalize the staged deployment: merge /etc and write the boot entries
     /// (run by bootc-finalize-staged.service at shutdown).
     FinalizeStaged,
+    /// List the files added (A), removed (D) and changed (M) in /usr and in
+    /// the image's /etc defaults between the booted and the staged deployment.
+    DiffStaged,
 }
 
 /// `bootc image ...`
@@ -157,6 +160,9 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Pin(args) => crate::deployments::pin(&cli.sysroot, args),
         Command::Internals(InternalsCommand::FinalizeStaged) => {
             crate::upgrade::finalize_staged(&cli.sysroot)
+        }
+        Command::Internals(InternalsCommand::DiffStaged) => {
+            crate::upgrade::print_diff_staged(&cli.sysroot)
         }
     }
 }

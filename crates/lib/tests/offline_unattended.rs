@@ -191,6 +191,20 @@ fn offline_unattended_operation() {
     assert!(human.contains("Download-only"), "{human}");
     bootc(&["internals", "finalize-staged", "--sysroot", sysroot]);
     assert_eq!(order(&mnt), vec![v1.clone()]);
+    // The diff between the booted (default) and the staged deployment.
+    let diff = bootc_lib::upgrade::diff_staged(&mnt).unwrap();
+    use bootc_lib::upgrade::Change;
+    assert!(
+        diff.contains(&("/usr/share/unattended-v2".into(), Change::Added)),
+        "{diff:?}"
+    );
+    assert!(
+        diff.iter()
+            .any(|(p, c)| p == "/etc/unattended.conf" && *c != Change::Removed),
+        "{diff:?}"
+    );
+    assert!(diff.len() < 20, "{diff:?}");
+    bootc(&["internals", "diff-staged", "--sysroot", sysroot]);
     // The same image again: nothing new to fetch, still locked.
     bootc(&[
         "upgrade",
