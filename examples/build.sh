@@ -204,6 +204,15 @@ cp -r "$workspace/contrib/dracut/50bootc" "$ctx/dracut-50bootc"
 # steps (and the initramfs built after them) when the content is unchanged.
 chmod 0755 "$ctx/dracut-50bootc" "$ctx/dracut-50bootc/module-setup.sh"
 chmod 0644 "$ctx/dracut-50bootc/bootc-initramfs-setup.service"
+# systemd units of contrib/systemd (bootc-finalize-staged.service), if any.
+mkdir "$ctx/systemd-units"
+for unit in "$workspace"/contrib/systemd/*.service "$workspace"/contrib/systemd/*.path \
+    "$workspace"/contrib/systemd/*.timer; do
+    [[ -f $unit ]] || continue
+    cp "$unit" "$ctx/systemd-units/"
+    chmod 0644 "$ctx/systemd-units/$(basename "$unit")"
+done
+chmod 0755 "$ctx/systemd-units"
 find "$ctx" -exec touch -h -d @0 {} +
 
 podman build \
