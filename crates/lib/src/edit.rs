@@ -322,11 +322,40 @@ status:
 
     #[test]
     fn status_yaml_round_trips_without_unknown_fields() {
-        // What `bootc status` prints for a host with every role is accepted.
-        for text in [HOST] {
-            let host = parse_host(text).unwrap();
-            let again = serde_yaml_ng::to_string(&host).unwrap();
-            assert_eq!(parse_host(&again).unwrap(), host);
+        // What `bootc status` prints for a host with every role is accepted
+        // as is (no field of ours is reported unknown).
+        let view = |c: &str, pinned, download_only| crate::status::DeploymentView {
+            id: c.repeat(64),
+            image: ImageReference::registry(format!("quay.io/example/os:{c}"))
+                .with_signature(Some(ImageSignature::Insecure)),
+            digest: format!("sha256:{}", c.repeat(64)),
+            version: Some(c.into()),
+            timestamp: Some("2026-11-25T10:00:00Z".parse().unwrap()),
+            architecture: "amd64".into(),
+            bootloader: bootc_spec::Bootloader::Grub,
+            insecure: true,
+            pinned,
+            download_only,
+        };
+        let state = crate::deployments::HostState {
+            order: vec![
+                view("b", false, false),
+                view("a", false, false),
+                view("c", true, false),
+            ],
+            staged: Some(view("d", false, true)),
+            others: vec![view("e", true, false)],
+        };
+        for booted in [None, Some("b".repeat(64)), Some("a".repeat(64))] {
+            let host = crate::status::build_host(&state, booted.as_deref());
+            let text = serde_yaml_ng::to_string(&host).unwrap();
+            assert_eq!(parse_host(&text).unwrap(), host, "{text}");
+            let json = serde_json::to_string(&host).unwrap();
+            assert_eq!(parse_host(&json).unwrap(), host, "{json}");
         }
+        assert_eq!(
+            parse_host(HOST).unwrap().spec.boot_order,
+            BootOrder::Default
+        );
     }
 }

@@ -884,10 +884,15 @@ fn skopeo() -> Command {
     cmd
 }
 
-/// Run `skopeo inspect ARGS IMAGE` and parse its JSON.
+/// Run `skopeo inspect ARGS IMAGE` (with the auth file a pull would use)
+/// and parse its JSON.
 fn skopeo_inspect(args: &[&str], image: &str) -> Result<serde_json::Value> {
-    let out = skopeo()
-        .arg("inspect")
+    let mut cmd = skopeo();
+    cmd.arg("inspect");
+    if let Some(auth) = bootc_oci::auth::find_authfile(Path::new("/"))? {
+        cmd.arg("--authfile").arg(auth);
+    }
+    let out = cmd
         .args(args)
         .arg(image)
         .output()
@@ -927,9 +932,12 @@ fn by_digest(name: &str, digest: &str) -> String {
     format!("{repo}@{digest}")
 }
 
+/// Layers (digest, size) of a manifest and the diff_ids of its config.
+type RemoteLayers = (Vec<(String, u64)>, Vec<String>);
+
 /// The layers (digest, size) of `imgref`'s manifest for this machine and
 /// the diff_ids of its config, from `skopeo inspect --raw [--config]`.
-fn remote_layers(imgref: &ImageRef) -> Result<(Vec<(String, u64)>, Vec<String>)> {
+fn remote_layers(imgref: &ImageRef) -> Result<RemoteLayers> {
     let mut image = imgref.to_skopeo_string();
     let mut manifest = skopeo_inspect(&["--raw"], &image)?;
     if manifest.get("manifests").is_some() {

@@ -78,7 +78,7 @@ fn order(mnt: &Path) -> Vec<String> {
             (version, id)
         })
         .collect();
-    v.sort_by(|a, b| b.0.cmp(&a.0));
+    v.sort_by_key(|e| std::cmp::Reverse(e.0));
     v.into_iter().map(|(_, id)| id).collect()
 }
 
