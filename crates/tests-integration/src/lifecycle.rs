@@ -271,6 +271,20 @@ impl Lifecycle {
             d.v2_registry.clone(),
         );
 
+        // BOOTC_LIFECYCLE_START=offline skips steps 1-3 (a debugging aid: the
+        // host-side part runs even while the guest-side switch is broken).
+        let full = std::env::var("BOOTC_LIFECYCLE_START").as_deref() != Ok("offline");
+        if full {
+            self.guest_switch_and_rollback(&v1_storage, &v2_oci)?;
+        } else {
+            println!("BOOTC_LIFECYCLE_START=offline: skipping steps 1-3");
+        }
+        self.offline_and_kill(ctx, full, &v1_storage, &v1_oci, &v2_registry)
+    }
+
+    /// Steps 1-3: local changes on v1, switch to v2, roll back.
+    fn guest_switch_and_rollback(&mut self, v1_storage: &str, v2_oci: &str) -> Result<()> {
+        let (v1_storage, v2_oci) = (v1_storage.to_owned(), v2_oci.to_owned());
         // 1. v1 booted: local /etc and /var changes, switch to v2 (OCI layout).
         let (r, s) = self.boot_step(
             "1: v1, local changes, switch to v2",
@@ -404,6 +418,29 @@ V tree sh -c 'command -v tree || echo missing'
         .with_context(|| report(&r, Some(&s)))
         .context("step 3 (v1 booted after rollback)")?;
 
+        Ok(())
+    }
+
+    /// Steps 4-5: offline switch from the registry; kill while staging.
+    fn offline_and_kill(
+        &mut self,
+        ctx: &Ctx,
+        full: bool,
+        v1_storage: &str,
+        v1_oci: &str,
+        v2_registry: &str,
+    ) -> Result<()> {
+        let (v1_storage, v1_oci, v2_registry) = (
+            v1_storage.to_owned(),
+            v1_oci.to_owned(),
+            v2_registry.to_owned(),
+        );
+        // The local edit of step 1 survives every merge; without it, v2's default.
+        let conf = if full {
+            "variant = local edit"
+        } else {
+            "# bootc example configuration|variant = v2"
+        };
         // 4. Offline: stage v2 from the registry with --sysroot, boot it.
         let start = Instant::now();
         self.offline_switch(ctx)
@@ -435,8 +472,10 @@ echo BOOTC-STAGING-DONE
             expect_entry(&st, "rollback", "containers-storage", V1, &v1_storage)?;
             s.expect_val("variant", "v2")?;
             expect_karg(&s, "bootc.example=v2", true)?;
-            s.expect_val("conf", "variant = local edit")?;
-            s.expect_val("mydata", "precious")?;
+            s.expect_val("conf", conf)?;
+            if full {
+                s.expect_val("mydata", "precious")?;
+            }
             ensure!(r.matched(), "no BOOTC-STAGING marker");
             ensure!(
                 !vm::tail_lines(&r.log, usize::MAX).contains("BOOTC-STAGING-DONE"),
@@ -491,7 +530,9 @@ V conf cat /etc/bootc-example.conf
             expect_booted(&st, "oci", Some("/run/bootctest/v1:v1"), &v1_oci)?;
             expect_entry(&st, "rollback", "registry", &reg, &v2_registry)?;
             s.expect_val("variant", "v1")?;
-            s.expect_val("conf", "variant = local edit")?;
+            if full {
+                s.expect_val("conf", "variant = local edit")?;
+            }
             Ok(())
         })()
         .with_context(|| report(&r, Some(&s)))
