@@ -151,6 +151,13 @@ impl Lifecycle {
                 "--karg",
                 "bootc.test.poweroff=1",
             ])
+            // BOOTC_LIFECYCLE_FILESYSTEM=xfs: a root filesystem without
+            // fs-verity (a diagnostic for verity-related failures).
+            .args(
+                std::env::var("BOOTC_LIFECYCLE_FILESYSTEM")
+                    .map(|fs| vec!["--filesystem".to_owned(), fs])
+                    .unwrap_or_default(),
+            )
             .arg(&disk)
             .env("CONTAINERS_REGISTRIES_CONF", ctx.bootc.registries_conf())
             .env("CONTAINERS_POLICY_JSON", ctx.bootc.policy_json())
