@@ -190,15 +190,19 @@ fn clone_tree(source: &Path) -> Result<OwnedFd> {
 
 /// A detached, read-only mount of composefs image `image` of repository `repo`.
 ///
-/// fs-verity is required when the repository is in secure mode.
+/// fs-verity is required when the repository is in secure mode. An insecure
+/// repository is mounted without verity even when the image itself has it:
+/// a verity-capable kernel enables verity on what it writes, so an insecure
+/// store can hold a verity image over objects without verity, and requiring
+/// verity there fails every read with EIO.
 #[context("Mounting the composefs image from {}", repo.display())]
 pub fn mount_composefs(repo: &Path, image: &str, backing: ErofsBacking) -> Result<OwnedFd> {
     let repo = Repository::<Sha256HashValue>::open_path(CWD, repo)
         .with_context(|| format!("Opening composefs repository {}", repo.display()))?;
     if backing == ErofsBacking::Loop {
-        return mount_composefs_loop(&repo, image);
+        return mount_composefs_backed(&repo, image, ErofsBacking::Loop);
     }
-    match repo.mount(image) {
+    match mount_composefs_backed(&repo, image, ErofsBacking::FileThenLoop) {
         Ok(fd) => Ok(fd),
         // composefs' own chain repeats the id several times; the caller's names it once.
         Err(e) if e.downcast_ref::<composefs::ImageNotFound>().is_some() => {
@@ -208,32 +212,68 @@ pub fn mount_composefs(repo: &Path, image: &str, backing: ErofsBacking) -> Resul
             eprintln!(
                 "bootc: mounting the EROFS image file failed ({direct:#}); trying a loop device"
             );
-            mount_composefs_loop(&repo, image).map_err(|e| {
+            mount_composefs_backed(&repo, image, ErofsBacking::Loop).map_err(|e| {
                 anyhow!("{e:#}; before that, the file-backed mount failed: {direct:#}")
             })
         }
     }
 }
 
-/// Like [`Repository::mount`], with the EROFS image behind a loop device.
-#[context("Mounting through a loop device")]
-fn mount_composefs_loop(repo: &Repository<Sha256HashValue>, image: &str) -> Result<OwnedFd> {
-    let (image_fd, verity) = repo.open_image(image)?;
-    let device =
-        composefs_ioctls::loop_device::loopify(&image_fd).context("Creating a loop device")?;
-    let objects = repo
-        .objects_dir()
-        .context("Opening the repository's objects")?;
-    let verity = if verity {
+/// Whether to make overlayfs check fs-verity of every object.
+pub fn verity_requirement(repo_insecure: bool, image_has_verity: bool) -> VerityRequirement {
+    if !repo_insecure && image_has_verity {
         VerityRequirement::Required
     } else {
         VerityRequirement::Disabled
+    }
+}
+
+/// Mount the EROFS image through a loop device (`Loop`) or from its file
+/// (anything else; the fallback is the caller's).
+#[context("Mounting image {image} ({backing:?})")]
+fn mount_composefs_backed(
+    repo: &Repository<Sha256HashValue>,
+    image: &str,
+    backing: ErofsBacking,
+) -> Result<OwnedFd> {
+    let (image_fd, has_verity) = repo.open_image(image)?;
+    let source = match backing {
+        ErofsBacking::Loop => composefs_ioctls::loop_device::loopify(&image_fd)
+            .context("Creating a loop device")?,
+        ErofsBacking::FileThenLoop => image_fd,
     };
+    let objects = repo
+        .objects_dir()
+        .context("Opening the repository's objects")?;
     Ok(composefs_fsmount(
-        device,
+        source,
         image,
         &[objects.as_fd()],
-        verity,
+        verity_requirement(repo.is_insecure(), has_verity),
         &MountOptions::default(),
     )?)
+}
+
+#[cfg(test)]
+mod verity_tests {
+    use super::*;
+
+    /// Regression: an insecure store written by a host without fs-verity and
+    /// then updated by a guest with it holds verity images over objects
+    /// without verity; requiring verity there made every read fail (EIO).
+    #[test]
+    fn insecure_store_never_requires_verity() {
+        for (insecure, image_verity, required) in [
+            (true, false, false),
+            (true, true, false),
+            (false, true, true),
+            (false, false, false),
+        ] {
+            assert_eq!(
+                verity_requirement(insecure, image_verity) == VerityRequirement::Required,
+                required,
+                "insecure={insecure} image_verity={image_verity}"
+            );
+        }
+    }
 }

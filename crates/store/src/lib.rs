@@ -277,10 +277,37 @@ impl Store {
     }
 
     /// Mount the composefs image of the manifest `digest` read-only at `target`.
+    ///
+    /// An insecure store is mounted without fs-verity checks even when the
+    /// EROFS image has verity: a verity-capable kernel enables it on what it
+    /// writes, so an insecure store can mix objects with and without verity,
+    /// and requiring it would fail reads of the older objects with EIO.
     #[context("Mounting image {digest} at {}", target.display())]
     pub fn mount_image(&self, digest: &OciDigest, target: &Path) -> Result<()> {
+        use composefs::fsverity::FsVerityHashValue;
+        use composefs::mount::{MountOptions, VerityRequirement, composefs_fsmount};
+        use std::os::fd::AsFd;
         let img = self.open_image(digest)?;
-        img.mount_at(&self.repo, false, target, &composefs::mount::MountOptions::default())?;
+        let id = img
+            .image_ref(self.repo.erofs_version())
+            .with_context(|| format!("Image {digest} has no composefs image"))?
+            .to_hex();
+        let (image_fd, has_verity) = self.repo.open_image(&id)?;
+        let verity = if has_verity && !self.repo.is_insecure() {
+            VerityRequirement::Required
+        } else {
+            VerityRequirement::Disabled
+        };
+        let objects = self.repo.objects_dir().context("Opening objects")?;
+        let mnt = composefs_fsmount(
+            image_fd,
+            &id,
+            &[objects.as_fd()],
+            verity,
+            &MountOptions::default(),
+        )?;
+        composefs::mount::mount_at(&mnt, rustix::fs::CWD, target)
+            .with_context(|| format!("Attaching mount at {}", target.display()))?;
         Ok(())
     }
 
