@@ -8,6 +8,8 @@
 //! - [`policy`]: `policy.json` evaluation (does this pull need enforcement?).
 //! - [`progress`]: progress events (`progress-v0`) and their renderers.
 //! - [`pull`]: the pull flow: skopeo proxy or `skopeo copy` + OCI layout import.
+//! - [`validate`]: checks on untrusted image metadata (digests, JSON, media
+//!   types, diff_ids, tar entry paths) before anything is stored.
 
 pub mod auth;
 pub mod imgref;
@@ -15,3 +17,4 @@ pub mod policy;
 pub mod progress;
 pub mod pull;
 pub mod registries;
+pub mod validate;
