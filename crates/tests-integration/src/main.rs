@@ -4,6 +4,7 @@
 //! Tests that need root are skipped with a message when not run as root.
 
 mod boot;
+mod hostile;
 mod lifecycle;
 mod pull;
 
@@ -29,6 +30,7 @@ fn main() -> Result<()> {
     let tests: Vec<(&str, TestFn)> = pull::TESTS
         .iter()
         .chain(boot::TESTS)
+        .chain(hostile::TESTS)
         .chain(lifecycle::TESTS)
         .copied()
         .collect();
