@@ -22,6 +22,16 @@
 //! asserts on: `@@BEGIN-<label>@@` / `@@END-<label>@@` around a
 //! `bootc status --format json` document, `@@VAL <key>=<value>` lines and
 //! `@@RC <label>=<exit code>` lines.
+//!
+//! Step 5 kills the guest while it stages `localhost/bootc-example:v3`, which
+//! the test builds from v2 (cached while v2 keeps its image id): v2 plus
+//! [`V3_BULK_MIB`] MiB of random files under `/usr/share/bootc-bulk` in one
+//! layer, so that the import is still running when qemu is killed. After the
+//! kill the old deployment boots, and staging v3 again succeeds and boots.
+//!
+//! Environment: `BOOTC_LIFECYCLE_FILESYSTEM=xfs` installs with that root
+//! filesystem; `BOOTC_LIFECYCLE_START=offline` skips steps 1-3;
+//! `BOOTC_TEST_VM_LOGDIR=DIR` keeps the serial logs.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -44,6 +54,18 @@ pub const TESTS: &[(&str, TestFn)] =
 const V1: &str = "localhost/bootc-example:v1";
 /// The image switched to.
 const V2: &str = "localhost/bootc-example:v2";
+/// v2 plus a large layer, staged while the guest is killed (built by
+/// [`ensure_v3`]).
+const V3: &str = "localhost/bootc-example:v3";
+
+/// Size of v3's layer of random (incompressible) files.
+const V3_BULK_MIB: u32 = 192;
+
+/// Size of each of v3's random files.
+const V3_BULK_FILE_MIB: u32 = 16;
+
+/// Label of v3 holding the image id of the v2 it was built from.
+const V3_FROM_LABEL: &str = "org.bootc-test.v2-id";
 
 /// Size of the sparse disk image (three deployments of ~300 MB images).
 const DISK_SIZE: u64 = 8 << 30;
@@ -58,9 +80,9 @@ const BOOT_TIMEOUT: Duration = Duration::from_secs(900);
 /// staged deployment) to end with qemu exiting.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(300);
 
-/// After the guest says it started staging, how long it runs before qemu is
-/// killed: well inside the import of a ~300 MB image under TCG.
-const KILL_DELAY: Duration = Duration::from_secs(4);
+/// After the guest says it started staging v3, how long it runs before qemu
+/// is killed: well inside the import of v3's large layer under TCG.
+const KILL_DELAY: Duration = Duration::from_secs(6);
 
 /// Discoverable Partitions Specification type of an x86-64 root partition.
 const ROOT_X86_64: &str = "4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709";
@@ -99,6 +121,9 @@ fn vm_lifecycle_switch_rollback(ctx: &Ctx) -> Result<()> {
              `examples/build.sh v2 --build-arg VARIANT=v2`"
         );
     }
+    let start = Instant::now();
+    ensure_v3()?;
+    println!("v3 ready: {:.1?}", start.elapsed());
     let work = tempfile::Builder::new()
         .prefix("bootc-lifecycle.")
         .tempdir_in("/var/tmp")?;
@@ -109,17 +134,72 @@ fn vm_lifecycle_switch_rollback(ctx: &Ctx) -> Result<()> {
     Ok(())
 }
 
+/// The image id of `img` in podman's storage (`None` if it is not there).
+fn podman_image_id(img: &str) -> Result<Option<String>> {
+    let out = Command::new("podman")
+        .args(["image", "inspect", "--format", "{{.Id}}", img])
+        .stderr(Stdio::null())
+        .output()
+        .context("Running podman image inspect")?;
+    Ok(out
+        .status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned()))
+}
+
+/// Build [`V3`] from the current [`V2`] unless a v3 built from it exists.
+fn ensure_v3() -> Result<()> {
+    let v2_id = podman_image_id(V2)?.with_context(|| format!("{V2} is not in podman's storage"))?;
+    if podman_image_id(V3)?.is_some() {
+        let out = run(Command::new("podman").args([
+            "image",
+            "inspect",
+            "--format",
+            &format!("{{{{index .Labels \"{V3_FROM_LABEL}\"}}}}"),
+            V3,
+        ]))?;
+        if String::from_utf8_lossy(&out.stdout).trim() == v2_id {
+            println!("reusing {V3} (built from {V2} {v2_id})");
+            return Ok(());
+        }
+    }
+    let ctx = tempfile::Builder::new()
+        .prefix("bootc-lifecycle-v3.")
+        .tempdir_in("/var/tmp")?;
+    let files = V3_BULK_MIB / V3_BULK_FILE_MIB;
+    // FROM the id, not the tag: the label then names what v3 is made of.
+    // The random files go in one RUN (one layer) of incompressible data.
+    let containerfile = format!(
+        "FROM {v2_id}\n\
+         RUN set -eu; mkdir -p /usr/share/bootc-bulk; \\\n\
+         \x20   for i in $(seq 1 {files}); do \\\n\
+         \x20       head -c {V3_BULK_FILE_MIB}M /dev/urandom > /usr/share/bootc-bulk/blob-$i; \\\n\
+         \x20   done; \\\n\
+         \x20   echo v3 > /usr/share/bootc-example/variant\n\
+         LABEL org.opencontainers.image.version=v3 {V3_FROM_LABEL}={v2_id}\n"
+    );
+    fs::write(ctx.path().join("Containerfile"), containerfile)?;
+    let start = Instant::now();
+    run(Command::new("podman")
+        .args(["build", "--isolation=chroot", "--layers=false", "-t", V3, "-f"])
+        .arg(ctx.path().join("Containerfile"))
+        .arg(ctx.path()))
+    .with_context(|| format!("Building {V3} from {V2}"))?;
+    println!("built {V3} from {V2} in {:.1?}", start.elapsed());
+    Ok(())
+}
+
 /// Manifest digests of the images as each source serves them.
 #[derive(Debug)]
 struct Digests {
     /// v1 in containers-storage (what install recorded).
     v1_storage: String,
-    /// v1 in the OCI layout on the test disk.
-    v1_oci: String,
     /// v2 in the OCI layout on the test disk.
     v2_oci: String,
     /// v2 in the local registry.
     v2_registry: String,
+    /// v3 in the OCI layout on the test disk.
+    v3_oci: String,
 }
 
 struct Lifecycle {
@@ -172,7 +252,7 @@ impl Lifecycle {
         let dir = work.join("testdisk");
         fs::create_dir(&dir)?;
         let start = Instant::now();
-        for (img, name) in [(V1, "v1"), (V2, "v2")] {
+        for (img, name) in [(V2, "v2"), (V3, "v3")] {
             run(Command::new("skopeo").args([
                 "copy",
                 "--quiet",
@@ -181,8 +261,8 @@ impl Lifecycle {
             ]))
             .with_context(|| format!("Copying {img} to an OCI layout"))?;
         }
-        let v1_oci = oci_digest(&dir.join("v1"))?;
         let v2_oci = oci_digest(&dir.join("v2"))?;
+        let v3_oci = oci_digest(&dir.join("v3"))?;
         fs::write(dir.join("step.sh"), "echo no step yet\n")?;
         let testdisk = work.join("bootctest.ext4");
         vm::make_ext4_image(&dir, "BOOTCTEST", &testdisk)?;
@@ -204,9 +284,9 @@ impl Lifecycle {
             registry_ref,
             digests: Digests {
                 v1_storage,
-                v1_oci,
                 v2_oci,
                 v2_registry,
+                v3_oci,
             },
             boots: 0,
         })
@@ -271,11 +351,11 @@ impl Lifecycle {
 
     fn run_all(&mut self, ctx: &Ctx) -> Result<()> {
         let d = &self.digests;
-        let (v1_storage, v1_oci, v2_oci, v2_registry) = (
+        let (v1_storage, v2_oci, v2_registry, v3_oci) = (
             d.v1_storage.clone(),
-            d.v1_oci.clone(),
             d.v2_oci.clone(),
             d.v2_registry.clone(),
+            d.v3_oci.clone(),
         );
 
         // BOOTC_LIFECYCLE_START=offline skips steps 1-3 (a debugging aid: the
@@ -286,7 +366,7 @@ impl Lifecycle {
         } else {
             println!("BOOTC_LIFECYCLE_START=offline: skipping steps 1-3");
         }
-        self.offline_and_kill(ctx, full, &v1_storage, &v1_oci, &v2_registry)
+        self.offline_and_kill(ctx, full, &v1_storage, &v2_registry, &v3_oci)
     }
 
     /// Steps 1-3: local changes on v1, switch to v2, roll back.
@@ -434,13 +514,13 @@ V tree sh -c 'command -v tree || echo missing'
         ctx: &Ctx,
         full: bool,
         v1_storage: &str,
-        v1_oci: &str,
         v2_registry: &str,
+        v3_oci: &str,
     ) -> Result<()> {
-        let (v1_storage, v1_oci, v2_registry) = (
+        let (v1_storage, v2_registry, v3_oci) = (
             v1_storage.to_owned(),
-            v1_oci.to_owned(),
             v2_registry.to_owned(),
+            v3_oci.to_owned(),
         );
         // The local edit of step 1 survives every merge; without it, v2's default.
         let conf = if full {
@@ -454,8 +534,9 @@ V tree sh -c 'command -v tree || echo missing'
             .context("step 4 (offline switch with --sysroot from the registry)")?;
         println!("offline switch: {:.1?}", start.elapsed());
         let reg = self.registry_ref.clone();
-        // 5 (first half): after the checks, stage v1 again and be killed
-        // in the middle. The step prints its own BOOTC-STEP-END before.
+        // 5 (first half): after the checks, stage v3 (a large new layer)
+        // and be killed in the middle of the import. The step prints its
+        // own BOOTC-STEP-END before.
         let r = self.boot(
             "4+5: v2 from the registry; killed while staging",
             r#"J status bootc status --format json
@@ -464,7 +545,7 @@ V cmdline cat /proc/cmdline
 V conf cat /etc/bootc-example.conf
 V mydata cat /var/lib/mydata/data
 echo BOOTC-STEP-END
-bootc switch --transport oci /run/bootctest/v1:v1 &
+bootc switch --transport oci /run/bootctest/v3:v3 &
 echo BOOTC-STAGING
 wait
 echo BOOTC-STAGING-DONE
@@ -498,15 +579,21 @@ echo BOOTC-STAGING-DONE
         .with_context(|| report(&r, Some(&s)))
         .context("step 4 (v2 booted after the offline switch)")?;
 
-        // 5. After the kill: the old deployment boots, a new staging works.
+        // 5. After the kill: the old deployment boots, staging v3 again
+        // (over whatever the killed import left in the store) works.
+        let start = Instant::now();
         let (r, s) = self.boot_step(
-            "5: after the kill, stage again",
+            "5: after the kill, stage v3 again",
             r#"J status bootc status --format json
 V variant cat /usr/share/bootc-example/variant
-R switch bootc switch --transport oci /run/bootctest/v1:v1
+V bulk exists /usr/share/bootc-bulk
+V t0 date +%s
+R switch bootc switch --transport oci /run/bootctest/v3:v3
+V t1 date +%s
 J staged bootc status --format json
 "#,
         )?;
+        println!("boot + stage v3 again: {:.1?}", start.elapsed());
         (|| -> Result<()> {
             let st = s.json("status")?;
             expect_booted(&st, "registry", Some(&reg), &v2_registry)?;
@@ -516,9 +603,14 @@ J staged bootc status --format json
                 st["status"]["staged"]
             );
             s.expect_val("variant", "v2")?;
+            s.expect_val("bulk", "absent")?;
             s.expect_rc("switch", 0)?;
+            if let (Some(t0), Some(t1)) = (s.val("t0"), s.val("t1")) {
+                println!("guest: staging v3 after the kill took {t0}..{t1} s");
+            }
             let staged = s.json("staged")?;
-            expect_entry(&staged, "staged", "oci", "/run/bootctest/v1:v1", &v1_oci)?;
+            expect_entry(&staged, "staged", "oci", "/run/bootctest/v3:v3", &v3_oci)?;
+            expect_booted(&staged, "registry", Some(&reg), &v2_registry)?;
             Ok(())
         })()
         .with_context(|| report(&r, Some(&s)))
@@ -526,17 +618,25 @@ J staged bootc status --format json
 
         // 5 (end): the new staging was finalized and boots.
         let (r, s) = self.boot_step(
-            "5: the re-staged v1 boots",
+            "5: the re-staged v3 boots",
             r#"J status bootc status --format json
 V variant cat /usr/share/bootc-example/variant
 V conf cat /etc/bootc-example.conf
+V bulk sh -c 'ls /usr/share/bootc-bulk | wc -l'
+V bulkread sh -c 'cat /usr/share/bootc-bulk/* | wc -c'
 "#,
         )?;
         (|| -> Result<()> {
             let st = s.json("status")?;
-            expect_booted(&st, "oci", Some("/run/bootctest/v1:v1"), &v1_oci)?;
+            expect_booted(&st, "oci", Some("/run/bootctest/v3:v3"), &v3_oci)?;
             expect_entry(&st, "rollback", "registry", &reg, &v2_registry)?;
-            s.expect_val("variant", "v1")?;
+            s.expect_val("variant", "v3")?;
+            let files = V3_BULK_MIB / V3_BULK_FILE_MIB;
+            s.expect_val("bulk", &files.to_string())?;
+            s.expect_val(
+                "bulkread",
+                &(u64::from(V3_BULK_MIB) << 20).to_string(),
+            )?;
             if full {
                 s.expect_val("conf", "variant = local edit")?;
             }
