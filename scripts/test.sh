@@ -6,9 +6,14 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/deps.sh
 export CARGO_TERM_COLOR=never
-cargo build --release -p bootc
-# The example bootable image, reused by the integration tests.
-BOOTC_BIN="$PWD/target/release/bootc" examples/build.sh latest
+cargo build --release -p bootc -p bootc-initramfs
+# The example bootable image and its two variants, reused by the integration
+# and VM tests (cached: only changed layers are rebuilt).
+export BOOTC_BIN="$PWD/target/release/bootc"
+export BOOTC_INITRAMFS_SETUP_BIN="$PWD/target/release/bootc-initramfs-setup"
+examples/build.sh latest
+examples/build.sh v1
+examples/build.sh v2 --build-arg VARIANT=v2
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 set +e
