@@ -67,7 +67,7 @@ use composefs_oci::{
 use containers_image_proxy::oci_spec::image::{Descriptor, ImageManifest};
 use containers_image_proxy::{ImageProxy, ImageProxyConfig, OpenedImage};
 use sha2::{Digest as _, Sha256};
-use tokio::io::{AsyncRead, AsyncReadExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, BufReader, ReadBuf};
 use tokio::task::JoinSet;
 
 use crate::imgref::{ImageRef, Transport};
@@ -616,7 +616,8 @@ async fn fetch_layer_proxied(
     // Both run to completion: an import that fails drops the blob, which
     // ends skopeo's copy with a broken pipe; a copy that fails (short or
     // corrupt blob) closes the pipe, which ends the import.
-    let (imported, finished) = tokio::join!(import_layer(blob, job, ctx), finish);
+    let (imported, finished) =
+        tokio::join!(import_layer(blob, DigestCheck::Skopeo, job, ctx), finish);
     let imported = match (imported, finished) {
         (Ok(imported), Ok(())) => imported,
         (Err(e), Ok(())) => return Err(e),
@@ -633,6 +634,9 @@ async fn fetch_layer_proxied(
     register_layer(&ctx.repo, job, imported).await
 }
 
+/// How much of a layout's layer blob is read at once.
+const LAYOUT_READ_SIZE: usize = 1 << 20;
+
 /// Import one layer from an OCI layout and register it.
 async fn fetch_layer_from_layout(
     dir: &Path,
@@ -640,7 +644,9 @@ async fn fetch_layer_from_layout(
     ctx: &LayerCtx,
 ) -> Result<(ObjectId, ImportStats)> {
     let file = validate::open_layout_blob(dir, &job.descriptor)?;
-    let imported = import_layer(tokio::fs::File::from_std(file), job, ctx).await?;
+    // Large reads: each read of a tokio file is a trip to a blocking thread.
+    let file = BufReader::with_capacity(LAYOUT_READ_SIZE, tokio::fs::File::from_std(file));
+    let imported = import_layer(file, DigestCheck::Here, job, ctx).await?;
     register_layer(&ctx.repo, job, imported).await
 }
 
@@ -656,11 +662,22 @@ async fn register_layer(
     Ok((id, stats))
 }
 
+/// Who checks a blob's digest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum DigestCheck {
+    /// skopeo's proxy does, and reports a mismatch in `FinishPipe`.
+    Skopeo,
+    /// We do, as the blob is read.
+    Here,
+}
+
 /// Stream a layer blob into the store as a splitstream, checking its size,
-/// digest and diff_id and its tar entries. The stream is not registered:
-/// until the caller does, it is an unreferenced object that GC reclaims.
+/// digest (unless skopeo does) and diff_id and its tar entries. The stream
+/// is not registered: until the caller does, it is an unreferenced object
+/// that GC reclaims.
 async fn import_layer<R: AsyncRead + Unpin + Send>(
     blob: R,
+    digest_check: DigestCheck,
     job: &LayerJob,
     ctx: &LayerCtx,
 ) -> Result<(ObjectId, ImportStats)> {
@@ -671,7 +688,7 @@ async fn import_layer<R: AsyncRead + Unpin + Send>(
         total: Some(desc.size()),
         unit: ProgressUnit::Bytes,
     });
-    let (blob, blob_sum) = Summing::new(blob, Some(desc.size()));
+    let (blob, blob_sum) = Summing::new(blob, Some(desc.size()), digest_check == DigestCheck::Here);
     let (blob, progress) = ProgressRead::new(
         blob,
         Arc::clone(&ctx.progress),
@@ -679,7 +696,7 @@ async fn import_layer<R: AsyncRead + Unpin + Send>(
         Some(desc.size()),
     );
     let tar = decompress_async(blob, desc.media_type())?;
-    let (tar, tar_sum) = Summing::new(tar, None);
+    let (tar, tar_sum) = Summing::new(tar, None, true);
     let (split, ()) = tokio::join!(
         split_async(tar, Arc::clone(&ctx.repo), LAYER_CONTENT_TYPE),
         progress
@@ -699,12 +716,15 @@ async fn import_layer<R: AsyncRead + Unpin + Send>(
         "the blob has {size} bytes but its descriptor declares {}",
         desc.size()
     );
-    ensure!(
-        digest == desc.digest().to_string(),
-        "digest mismatch: the blob hashes to {digest}, not {}",
-        desc.digest()
-    );
+    if let Some(digest) = digest {
+        ensure!(
+            digest == desc.digest().to_string(),
+            "digest mismatch: the blob hashes to {digest}, not {}",
+            desc.digest()
+        );
+    }
     let (_, diff_id) = tar_sum.finish();
+    let diff_id = diff_id.context("diff_id not computed")?;
     ensure!(
         diff_id == job.diff_id.to_string(),
         "diff_id mismatch: the config declares {} but the layer's content hashes to {diff_id}",
@@ -737,10 +757,11 @@ async fn check_layer_entries(repo: &Arc<Repo>, id: &ObjectId) -> Result<()> {
     .context("Checking tar entries")?
 }
 
-/// The sha256 and length of what went through a [`Summing`] reader.
+/// The length and sha256 (if asked for) of what went through a
+/// [`Summing`] reader.
 #[derive(Default)]
 struct SumState {
-    hasher: Sha256,
+    hasher: Option<Sha256>,
     bytes: u64,
 }
 
@@ -748,18 +769,18 @@ struct SumState {
 struct SumHandle(Arc<Mutex<SumState>>);
 
 impl SumHandle {
-    /// Bytes read and their `sha256:` digest.
-    fn finish(self) -> (u64, String) {
+    /// Bytes read and, if hashed, their `sha256:` digest.
+    fn finish(self) -> (u64, Option<String>) {
         let state = std::mem::take(&mut *self.0.lock().unwrap_or_else(|e| e.into_inner()));
-        (
-            state.bytes,
-            format!("sha256:{}", hex::encode(state.hasher.finalize())),
-        )
+        let digest = state
+            .hasher
+            .map(|h| format!("sha256:{}", hex::encode(h.finalize())));
+        (state.bytes, digest)
     }
 }
 
-/// An `AsyncRead` that hashes and counts what it passes on, and fails once
-/// more than `limit` bytes arrive. Its handle stays with the caller while
+/// An `AsyncRead` that counts (and hashes, if asked) what it passes on, and
+/// fails once more than `limit` bytes arrive. Its handle stays with the caller while
 /// the reader is moved into a decompressor.
 struct Summing<R> {
     inner: R,
@@ -768,8 +789,11 @@ struct Summing<R> {
 }
 
 impl<R> Summing<R> {
-    fn new(inner: R, limit: Option<u64>) -> (Self, SumHandle) {
-        let state = Arc::new(Mutex::new(SumState::default()));
+    fn new(inner: R, limit: Option<u64>, hash: bool) -> (Self, SumHandle) {
+        let state = Arc::new(Mutex::new(SumState {
+            hasher: hash.then(Sha256::new),
+            bytes: 0,
+        }));
         (
             Summing {
                 inner,
@@ -793,7 +817,9 @@ impl<R: AsyncRead + Unpin> AsyncRead for Summing<R> {
             Poll::Ready(Ok(())) => {
                 let new = &buf.filled()[before..];
                 let mut state = this.state.lock().unwrap_or_else(|e| e.into_inner());
-                state.hasher.update(new);
+                if let Some(h) = &mut state.hasher {
+                    h.update(new);
+                }
                 state.bytes += new.len() as u64;
                 if let Some(limit) = this.limit
                     && state.bytes > limit
