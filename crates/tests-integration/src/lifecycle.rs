@@ -29,8 +29,8 @@
 //! layer, so that the import is still running when qemu is killed. After the
 //! kill the old deployment boots, and staging v3 again succeeds and boots.
 //!
-//! Environment: `BOOTC_LIFECYCLE_FILESYSTEM=xfs` installs with that root
-//! filesystem; `BOOTC_LIFECYCLE_START=offline` skips steps 1-3;
+//! Environment: `BOOTC_LIFECYCLE_FILESYSTEM=ext4` installs with that root
+//! filesystem (default xfs: see the install step for why); `BOOTC_LIFECYCLE_START=offline` skips steps 1-3;
 //! `BOOTC_TEST_VM_LOGDIR=DIR` keeps the serial logs.
 
 use std::fs;
@@ -231,13 +231,16 @@ impl Lifecycle {
                 "--karg",
                 "bootc.test.poweroff=1",
             ])
-            // BOOTC_LIFECYCLE_FILESYSTEM=xfs: a root filesystem without
-            // fs-verity (a diagnostic for verity-related failures).
-            .args(
-                std::env::var("BOOTC_LIFECYCLE_FILESYSTEM")
-                    .map(|fs| vec!["--filesystem".to_owned(), fs])
-                    .unwrap_or_default(),
-            )
+            // The root filesystem defaults to xfs here, not ext4: the guest
+            // kernel has fs-verity and seals what it writes on ext4 -O verity,
+            // and this host's kernel (no fs-verity) then cannot open those
+            // files at all (EOPNOTSUPP), which breaks the offline step 4 on
+            // the host. On ext4, steps 1-3 pass. BOOTC_LIFECYCLE_FILESYSTEM=ext4
+            // selects ext4 on a host whose kernel has fs-verity.
+            .args([
+                "--filesystem".to_owned(),
+                std::env::var("BOOTC_LIFECYCLE_FILESYSTEM").unwrap_or_else(|_| "xfs".into()),
+            ])
             .arg(&disk)
             .env("CONTAINERS_REGISTRIES_CONF", ctx.bootc.registries_conf())
             .env("CONTAINERS_POLICY_JSON", ctx.bootc.policy_json())
