@@ -63,7 +63,7 @@ pub fn render_grub_cfg(entries: &[(String, BlsEntry)], target: &GrubTarget) -> S
                 "\tlinux {}",
                 grub_quote(&format!("{}{linux}", target.prefix))
             );
-            for arg in crate::split_options(e.options.as_deref().unwrap_or("")) {
+            for arg in bootc_utils::split_cmdline(e.options.as_deref().unwrap_or("")) {
                 line.push(' ');
                 line.push_str(&grub_quote(&arg));
             }
@@ -93,7 +93,7 @@ pub fn parse_grub_target(cfg: &str) -> Option<GrubTarget> {
     let mut fs_uuid = None;
     let mut prefix = None;
     for line in cfg.lines().map(str::trim) {
-        let words = crate::split_options(&line.replace('\'', "\""));
+        let words = bootc_utils::split_cmdline(&line.replace('\'', "\""));
         match words.first().map(String::as_str) {
             Some("insmod") if words.get(1).is_some_and(|m| m != "part_gpt") => {
                 fs_module.get_or_insert_with(|| words[1].clone());

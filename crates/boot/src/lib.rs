@@ -22,37 +22,6 @@ use anyhow::{Context, Result};
 
 pub use bls::{BlsEntry, parse_bls};
 
-/// Split BLS `options` into kernel arguments: on whitespace outside double
-/// quotes, quotes removed (as the kernel parses its command line).
-pub fn split_options(options: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut cur = String::new();
-    let mut in_quotes = false;
-    let mut any = false;
-    for c in options.chars() {
-        match c {
-            '"' => {
-                in_quotes = !in_quotes;
-                any = true;
-            }
-            c if c.is_whitespace() && !in_quotes => {
-                if any {
-                    out.push(std::mem::take(&mut cur));
-                    any = false;
-                }
-            }
-            c => {
-                cur.push(c);
-                any = true;
-            }
-        }
-    }
-    if any {
-        out.push(cur);
-    }
-    out
-}
-
 /// Run `cmd`, failing with its stderr (and stdout) when it fails.
 pub(crate) fn run_command(cmd: &mut Command) -> Result<()> {
     let prog = cmd.get_program().to_string_lossy().into_owned();
@@ -71,19 +40,4 @@ pub(crate) fn run_command(cmd: &mut Command) -> Result<()> {
         anyhow::bail!("{prog} failed ({}): {msg}", out.status);
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn splits_options() {
-        let cases: &[(&str, &[&str])] = &[
-            ("root=UUID=x rw", &["root=UUID=x", "rw"]),
-            ("a=\"b c\"  d", &["a=b c", "d"]),
-            ("", &[]),
-        ];
-        for (input, expect) in cases {
-            assert_eq!(super::split_options(input), *expect, "{input}");
-        }
-    }
 }

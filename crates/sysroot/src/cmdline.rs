@@ -6,36 +6,7 @@ pub const DEPLOYMENT_KARG: &str = "composefs";
 /// The kernel argument naming the stateroot: `bootc.stateroot=<NAME>`.
 pub const STATEROOT_KARG: &str = "bootc.stateroot";
 
-/// Split a command line into arguments the way the kernel does: on
-/// whitespace, except inside double quotes, which are removed.
-pub fn split_cmdline(cmdline: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut cur = String::new();
-    let mut in_quotes = false;
-    let mut any = false;
-    for c in cmdline.chars() {
-        match c {
-            '"' => {
-                in_quotes = !in_quotes;
-                any = true;
-            }
-            c if c.is_whitespace() && !in_quotes => {
-                if any {
-                    out.push(std::mem::take(&mut cur));
-                    any = false;
-                }
-            }
-            c => {
-                cur.push(c);
-                any = true;
-            }
-        }
-    }
-    if any {
-        out.push(cur);
-    }
-    out
-}
+pub use bootc_utils::split_cmdline;
 
 /// The value of the last `key=value` argument of `cmdline`.
 pub fn karg_value(cmdline: &str, key: &str) -> Option<String> {

@@ -1,6 +1,7 @@
 //! Small helpers shared by every bootc crate; depends on std and a few core crates only.
 //!
 //! - [`run_main`]: process set-up and the single place where an error is printed.
+//! - [`split_cmdline`]: kernel command lines (and BLS `options`) into arguments.
 
 use std::io::Write;
 
@@ -38,4 +39,51 @@ pub fn init_logging() {
         .with_writer(std::io::stderr)
         .without_time()
         .try_init();
+}
+
+/// Split a kernel command line (or a BLS `options` line) into arguments the
+/// way the kernel does: on whitespace, except inside double quotes, which
+/// are removed.
+pub fn split_cmdline(cmdline: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    let mut in_quotes = false;
+    let mut any = false;
+    for c in cmdline.chars() {
+        match c {
+            '"' => {
+                in_quotes = !in_quotes;
+                any = true;
+            }
+            c if c.is_whitespace() && !in_quotes => {
+                if any {
+                    out.push(std::mem::take(&mut cur));
+                    any = false;
+                }
+            }
+            c => {
+                cur.push(c);
+                any = true;
+            }
+        }
+    }
+    if any {
+        out.push(cur);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn splits_cmdline() {
+        let cases: &[(&str, &[&str])] = &[
+            ("root=UUID=x rw", &["root=UUID=x", "rw"]),
+            ("a=\"b c\"  d", &["a=b c", "d"]),
+            ("", &[]),
+        ];
+        for (input, expect) in cases {
+            assert_eq!(super::split_cmdline(input), *expect, "{input}");
+        }
+    }
 }
