@@ -5,6 +5,7 @@
 //!   with `renameat2(RENAME_EXCHANGE)` after a `syncfs`.
 //! - [`grub`]: `grub.cfg` generation (pure) and `grub-install` for BIOS.
 //! - [`esp`]: the EFI system partition written with mtools, systemd-boot.
+//! - [`counting`]: boot counting (systemd-boot `+N` names, GRUB's grubenv).
 //!
 //! **Architecture invariant**: every change to what boots ends in one rename
 //! or exchange after a sync barrier (on FAT, see [`esp`] for what we get).
@@ -12,6 +13,7 @@
 //! kernel command line.
 
 pub mod bls;
+pub mod counting;
 pub mod entries;
 pub mod esp;
 pub mod grub;

@@ -57,6 +57,10 @@ pub enum InternalsCommand {
     /// List the files added (A), removed (D) and changed (M) in /usr and in
     /// the image's /etc defaults between the booted and the staged deployment.
     DiffStaged,
+    /// Bless the booted deployment when boot-complete.target was reached,
+    /// or record the failure and reboot out of a failed trial boot (run by
+    /// bootc-boot-check.service).
+    BootCheck,
 }
 
 /// `bootc image ...`
@@ -163,6 +167,9 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Command::Internals(InternalsCommand::DiffStaged) => {
             crate::upgrade::print_diff_staged(&cli.sysroot)
+        }
+        Command::Internals(InternalsCommand::BootCheck) => {
+            crate::bootcount::boot_check(&cli.sysroot)
         }
     }
 }

@@ -7,7 +7,9 @@
 //! - [`upgrade`]: `bootc upgrade|switch|rollback`, `bootc internals finalize-staged`.
 //! - [`edit`]: `bootc edit`.
 //! - [`deployments`]: reading deployments by role; `bootc pin`.
+//! - [`bootcount`]: automatic rollback (boot trials), `bootc internals boot-check`.
 
+pub mod bootcount;
 pub mod cli;
 pub mod deployments;
 pub mod edit;

@@ -72,6 +72,8 @@ pub struct DeploymentView {
     pub pinned: bool,
     /// Whether staged with `--download-only`.
     pub download_only: bool,
+    /// On trial, or failed its trial (automatic rollback).
+    pub boot_assessment: Option<bootc_spec::BootAssessment>,
 }
 
 impl DeploymentView {
@@ -94,6 +96,7 @@ impl DeploymentView {
                 boot_digest: None,
                 missing_verity_allowed: self.insecure,
             }),
+            boot_assessment: self.boot_assessment.clone(),
             ..Default::default()
         }
     }
@@ -222,6 +225,24 @@ fn render_entry(out: &mut String, booted: bool, label: &str, entry: &BootEntry, 
     if entry.download_only && !verbose {
         let _ = writeln!(out, "{:>w$}: Download-only", "Staged state");
     }
+    if let Some(a) = &entry.boot_assessment {
+        let text = match a.state {
+            bootc_spec::AssessmentState::Trial => format!(
+                "on trial{}",
+                a.tries_left
+                    .map(|n| format!(" ({n} tries left)"))
+                    .unwrap_or_default()
+            ),
+            bootc_spec::AssessmentState::Failed => format!(
+                "failed{}: {}",
+                a.timestamp
+                    .map(|t| format!(" at {}", t.format("%Y-%m-%dT%H:%M:%SZ")))
+                    .unwrap_or_default(),
+                a.reason.as_deref().unwrap_or("no reason recorded")
+            ),
+        };
+        let _ = writeln!(out, "{:>w$}: {text}", "Boot");
+    }
     if verbose {
         if let Some(c) = &entry.composefs {
             let _ = writeln!(out, "{:>w$}: {}", "Deployment", c.verity);
@@ -311,6 +332,7 @@ mod tests {
             insecure: true,
             pinned: false,
             download_only: false,
+            boot_assessment: None,
         }
     }
 

@@ -147,7 +147,7 @@ impl Target {
 }
 
 /// The deployments in boot order (default first), with their entries.
-fn current_order(t: &Target) -> Result<Vec<(String, BlsEntry)>> {
+pub(crate) fn current_order(t: &Target) -> Result<Vec<(String, BlsEntry)>> {
     Ok(boot_order(read_entries(&t.boot_dir())?)
         .into_iter()
         .filter_map(|(_, e)| Some((e.deployment_id()?, e)))
@@ -231,7 +231,7 @@ fn pull_options(
 
 /// The ESP of the disk holding `sysroot`: the partition of type ESP beside
 /// the root partition.
-fn find_esp(sysroot: &Path) -> Result<Esp> {
+pub(crate) fn find_esp(sysroot: &Path) -> Result<Esp> {
     let out = Command::new("findmnt")
         .args(["-n", "-o", "SOURCE", "-T"])
         .arg(sysroot)
@@ -264,10 +264,22 @@ fn fd_path(f: &std::fs::File) -> PathBuf {
 /// Make `entries` what boots: the bootloader's copy first (grub.cfg or the
 /// ESP), then `/boot/loader/entries` that status and rollback read; each is
 /// one atomic replacement.
-fn publish_entries(
+pub(crate) fn publish_entries(
     t: &Target,
     bootloader: Bootloader,
     entries: &[(String, BlsEntry)],
+) -> Result<()> {
+    publish_entries_on_trial(t, bootloader, entries, None)
+}
+
+/// [`publish_entries`], with the entry of `trial`'s deployment (id, tries)
+/// named with its boot counter on the ESP (systemd-boot counts by name;
+/// GRUB's counter is in grubenv, see [`crate::bootcount::start_trial`]).
+fn publish_entries_on_trial(
+    t: &Target,
+    bootloader: Bootloader,
+    entries: &[(String, BlsEntry)],
+    trial: Option<(&str, u32)>,
 ) -> Result<()> {
     let boot = t.boot_dir();
     match bootloader {
@@ -279,7 +291,13 @@ fn publish_entries(
                 .with_context(|| format!("{} names no boot filesystem", cfg_path.display()))?;
             write_grub_cfg(&boot, &render_grub_cfg(entries, &target))?;
         }
-        Bootloader::Systemd => find_esp(&t.sysroot)?.write_entries(entries)?,
+        Bootloader::Systemd => {
+            let named: Vec<(String, BlsEntry)> = entries
+                .iter()
+                .map(|(n, e)| (crate::bootcount::esp_name(n, e, trial), e.clone()))
+                .collect();
+            find_esp(&t.sysroot)?.write_entries(&named)?
+        }
         Bootloader::None => {}
     }
     bootc_boot::entries::write_entries(&boot, entries)
@@ -551,8 +569,10 @@ pub fn finalize(t: &Target, store: &Store, staged: &Staged) -> Result<Deployment
         rustix::fs::fsync(&fd).context("Syncing the deployment directory")?;
         std::fs::remove_dir_all(&merged)
             .with_context(|| format!("Removing the unmerged {}", merged.display()))?;
-        report
+        let tries = crate::bootcount::tries_for(new_img.path(), &dep_dir.join("etc"))?;
+        (report, tries)
     };
+    let (report, tries) = report;
     for c in &report.conflicts {
         eprintln!(
             "bootc: /etc merge conflict at /etc/{}: {} (kept the local version)",
@@ -603,7 +623,19 @@ pub fn finalize(t: &Target, store: &Store, staged: &Staged) -> Result<Deployment
             }
         })
         .collect();
-    publish_entries(t, new.bootloader, &renumber(entries, &new.stateroot))?;
+    // Boot counting: the trial's counter is in place before the entries
+    // that make the new deployment the default.
+    if tries > 0 {
+        crate::bootcount::start_trial(t, new.bootloader, new.id(), tries)?;
+    } else {
+        crate::bootcount::end_trial(t, new.bootloader)?;
+    }
+    publish_entries_on_trial(
+        t,
+        new.bootloader,
+        &renumber(entries, &new.stateroot),
+        (tries > 0).then_some((new.id(), tries)),
+    )?;
     lifecycle::remove_staged(&t.sysroot)?;
 
     prune(t, store, &all, &remove, staged.retain)?;
@@ -1185,6 +1217,7 @@ pub fn rollback(sysroot: &Path, args: RollbackArgs) -> Result<()> {
                 .expect("same ids")
         })
         .collect();
+    crate::bootcount::end_trial(&t, next.bootloader)?;
     publish_entries(&t, next.bootloader, &renumber(entries, &next.stateroot))?;
     println!(
         "Next boot: {} ({}), deployment {}",

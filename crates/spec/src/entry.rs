@@ -203,6 +203,39 @@ pub struct BootEntry {
     pub ostree: Option<BootEntryOstree>,
     /// The composefs state: set for every deployment of our backend.
     pub composefs: Option<BootEntryComposefs>,
+    /// Our extension (absent from upstream's schema, which allows extra
+    /// properties): the deployment boots on trial, or failed its trial.
+    /// Not written when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boot_assessment: Option<BootAssessment>,
+}
+
+/// Where a deployment stands in automatic rollback.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum AssessmentState {
+    /// Newly deployed: it boots with a limited number of tries until a boot
+    /// reaches `boot-complete.target`.
+    Trial,
+    /// A boot of it did not reach `boot-complete.target` (see `reason`).
+    Failed,
+}
+
+/// The automatic-rollback state of a deployment (our extension).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BootAssessment {
+    /// Trial or failed.
+    pub state: AssessmentState,
+    /// Boot tries left, when the bootloader's counter could be read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tries_left: Option<u32>,
+    /// Why the deployment failed (failed units, or tries used up).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// When the failure was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timestamp: Option<DateTime<Utc>>,
 }
 
 #[cfg(test)]

@@ -29,7 +29,8 @@ pub mod host;
 pub mod imgref;
 
 pub use entry::{
-    BootEntry, BootEntryComposefs, BootEntryOstree, BootType, Bootloader, ImageStatus, Store,
+    AssessmentState, BootAssessment, BootEntry, BootEntryComposefs, BootEntryOstree, BootType,
+    Bootloader, ImageStatus, Store,
     UnknownBootloader,
 };
 pub use host::{

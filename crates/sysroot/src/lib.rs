@@ -29,6 +29,7 @@ pub mod copy;
 pub mod deployment;
 pub mod image;
 pub mod lifecycle;
+pub mod trial;
 
 use std::path::{Path, PathBuf};
 

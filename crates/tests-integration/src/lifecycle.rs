@@ -92,7 +92,7 @@ const ROOT_X86_64: &str = "4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709";
 static LOCK: Mutex<()> = Mutex::new(());
 
 /// Shell helpers put in front of every step script.
-const PRELUDE: &str = r#"set -u
+pub(crate) const PRELUDE: &str = r#"set -u
 export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 # J LABEL CMD...: a JSON document between markers, then its exit code.
 J() { local label=$1; shift; echo "@@BEGIN-$label@@"; "$@" 2>/tmp/j.err; local rc=$?; echo "@@END-$label@@"; echo "@@RC $label=$rc"; sed "s/^/@@ERR $label: /" /tmp/j.err; }
@@ -135,7 +135,7 @@ fn vm_lifecycle_switch_rollback(ctx: &Ctx) -> Result<()> {
 }
 
 /// The image id of `img` in podman's storage (`None` if it is not there).
-fn podman_image_id(img: &str) -> Result<Option<String>> {
+pub(crate) fn podman_image_id(img: &str) -> Result<Option<String>> {
     let out = Command::new("podman")
         .args(["image", "inspect", "--format", "{{.Id}}", img])
         .stderr(Stdio::null())
@@ -705,12 +705,12 @@ V bulkread sh -c 'cat /usr/share/bootc-bulk/* | wc -c'
 }
 
 /// A whole-disk loop device with its partitions (partx), detached on drop.
-struct Loop {
+pub(crate) struct Loop {
     dev: String,
 }
 
 impl Loop {
-    fn attach(file: &Path) -> Result<Self> {
+    pub(crate) fn attach(file: &Path) -> Result<Self> {
         let out = run(Command::new("losetup").args(["-f", "--show"]).arg(file))?;
         let dev = String::from_utf8_lossy(&out.stdout).trim().to_owned();
         ensure!(dev.starts_with("/dev/loop"), "losetup printed {dev:?}");
@@ -719,7 +719,7 @@ impl Loop {
         Ok(l)
     }
 
-    fn partition(&self, n: u32) -> Result<String> {
+    pub(crate) fn partition(&self, n: u32) -> Result<String> {
         let p = format!("{}p{n}", self.dev);
         let deadline = Instant::now() + Duration::from_secs(5);
         while !Path::new(&p).exists() {
@@ -746,7 +746,7 @@ impl Drop for Loop {
 }
 
 /// The manifest digest of the one image of an OCI layout.
-fn oci_digest(layout: &Path) -> Result<String> {
+pub(crate) fn oci_digest(layout: &Path) -> Result<String> {
     let p = layout.join("index.json");
     let v: Value = serde_json::from_str(
         &fs::read_to_string(&p).with_context(|| format!("Reading {}", p.display()))?,
@@ -759,15 +759,15 @@ fn oci_digest(layout: &Path) -> Result<String> {
 
 /// What one step printed.
 #[derive(Debug)]
-struct Step {
+pub(crate) struct Step {
     /// The lines between BOOTC-STEP-BEGIN and BOOTC-STEP-END.
-    text: String,
+    pub(crate) text: String,
     /// BOOTC-STEP-RC, if printed.
-    rc: Option<i32>,
+    pub(crate) rc: Option<i32>,
 }
 
 impl Step {
-    fn parse(r: &Run) -> Result<Self> {
+    pub(crate) fn parse(r: &Run) -> Result<Self> {
         let text = vm::parse_block(&r.log, "BOOTC-STEP-BEGIN", "BOOTC-STEP-END").context(
             "No BOOTC-STEP-BEGIN ... BOOTC-STEP-END block on the console (test runner unit)",
         )?;
@@ -783,8 +783,21 @@ impl Step {
         Ok(Self { text, rc })
     }
 
+    /// What a step printed before the guest went down in its middle (a
+    /// reboot by `--apply`): from BOOTC-STEP-BEGIN to the end of the log.
+    pub(crate) fn parse_partial(r: &Run) -> Self {
+        let clean = vm::tail_lines(&r.log, usize::MAX);
+        let text = clean
+            .split_once("BOOTC-STEP-BEGIN")
+            .map(|(_, rest)| rest.split("BOOTC-STEP-END").next().unwrap_or(rest))
+            .unwrap_or_default()
+            .trim_start_matches('\n')
+            .to_owned();
+        Self { text, rc: None }
+    }
+
     /// The JSON document printed by `J label`; fails if its command failed.
-    fn json(&self, label: &str) -> Result<Value> {
+    pub(crate) fn json(&self, label: &str) -> Result<Value> {
         let rc = self.rc_of(label);
         let errs: Vec<&str> = self
             .text
@@ -815,7 +828,7 @@ impl Step {
     }
 
     /// The exit code of `R label` is `want`; the command's output otherwise.
-    fn expect_rc(&self, label: &str, want: i32) -> Result<()> {
+    pub(crate) fn expect_rc(&self, label: &str, want: i32) -> Result<()> {
         let got = self.rc_of(label);
         if got != Some(want) {
             let out: Vec<&str> = self
@@ -831,7 +844,7 @@ impl Step {
         Ok(())
     }
 
-    fn val(&self, key: &str) -> Option<String> {
+    pub(crate) fn val(&self, key: &str) -> Option<String> {
         let p = format!("@@VAL {key}=");
         self.text
             .lines()
@@ -839,7 +852,7 @@ impl Step {
             .find_map(|l| l.strip_prefix(&p).map(|v| v.trim_end().to_owned()))
     }
 
-    fn expect_val(&self, key: &str, want: &str) -> Result<()> {
+    pub(crate) fn expect_val(&self, key: &str, want: &str) -> Result<()> {
         let got = self.val(key);
         ensure!(
             got.as_deref() == Some(want),
@@ -850,7 +863,7 @@ impl Step {
 }
 
 /// The kernel command line printed by `V cmdline` has (or lacks) `arg`.
-fn expect_karg(s: &Step, arg: &str, present: bool) -> Result<()> {
+pub(crate) fn expect_karg(s: &Step, arg: &str, present: bool) -> Result<()> {
     let cmdline = s
         .val("cmdline")
         .context("no cmdline value in the step output")?;
@@ -864,7 +877,7 @@ fn expect_karg(s: &Step, arg: &str, present: bool) -> Result<()> {
 }
 
 /// `status.<which>` names `image` over `transport` with `digest`.
-fn expect_entry(st: &Value, which: &str, transport: &str, image: &str, digest: &str) -> Result<()> {
+pub(crate) fn expect_entry(st: &Value, which: &str, transport: &str, image: &str, digest: &str) -> Result<()> {
     let e = &st["status"][which];
     ensure!(!e.is_null(), "status.{which} is null: {}", st["status"]);
     let img = &e["image"];
@@ -884,7 +897,7 @@ fn expect_entry(st: &Value, which: &str, transport: &str, image: &str, digest: &
 /// `status.booted` is the image with `digest` (and, when given, named
 /// `image` over `transport`; install may record a normalised name, so a
 /// containers-storage name only has to end with it).
-fn expect_booted(st: &Value, transport: &str, image: Option<&str>, digest: &str) -> Result<()> {
+pub(crate) fn expect_booted(st: &Value, transport: &str, image: Option<&str>, digest: &str) -> Result<()> {
     let e = &st["status"]["booted"];
     ensure!(!e.is_null(), "status.booted is null: {}", st["status"]);
     let img = &e["image"];
@@ -923,7 +936,7 @@ const TELLTALES: &[&str] = &[
 ];
 
 /// The step output, telltale console lines and the console tail.
-fn report(r: &Run, s: Option<&Step>) -> String {
+pub(crate) fn report(r: &Run, s: Option<&Step>) -> String {
     let clean = vm::tail_lines(&r.log, usize::MAX);
     let tells: Vec<&str> = clean
         .lines()

@@ -7,6 +7,7 @@ mod boot;
 mod hostile;
 mod lifecycle;
 mod pull;
+mod unattended;
 
 use std::sync::Arc;
 
@@ -27,11 +28,14 @@ type TestFn = fn(&Ctx) -> Result<()>;
 fn main() -> Result<()> {
     let args = Arguments::from_args();
     let root = rustix::process::geteuid().is_root();
-    let tests: Vec<(&str, TestFn)> = pull::TESTS
+    // The long VM scenarios first, so that they start together on the two
+    // test threads and the short tests fill in around them.
+    let tests: Vec<(&str, TestFn)> = lifecycle::TESTS
         .iter()
+        .chain(unattended::TESTS)
         .chain(boot::TESTS)
+        .chain(pull::TESTS)
         .chain(hostile::TESTS)
-        .chain(lifecycle::TESTS)
         .copied()
         .collect();
     let ctx = if root && !args.list {
