@@ -38,6 +38,7 @@ fn view(root: &Path, d: &Deployment, download_only: bool) -> DeploymentView {
         insecure: d.verity == Verity::Insecure,
         pinned: lifecycle::is_pinned(root, d.id()),
         download_only,
+        boot_digest: d.boot_digest.clone(),
     }
 }
 
@@ -179,6 +180,7 @@ mod tests {
             insecure: true,
             pinned: false,
             download_only: false,
+            boot_digest: None,
         }
     }
 

@@ -336,6 +336,7 @@ status:
             insecure: true,
             pinned,
             download_only,
+            boot_digest: None,
         };
         let state = crate::deployments::HostState {
             order: vec![

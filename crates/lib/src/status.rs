@@ -72,6 +72,8 @@ pub struct DeploymentView {
     pub pinned: bool,
     /// Whether staged with `--download-only`.
     pub download_only: bool,
+    /// The sha256 of its kernel followed by its initramfs, when recorded.
+    pub boot_digest: Option<String>,
 }
 
 impl DeploymentView {
@@ -91,7 +93,7 @@ impl DeploymentView {
                 verity: self.id.clone(),
                 boot_type: BootType::Bls,
                 bootloader: self.bootloader,
-                boot_digest: None,
+                boot_digest: self.boot_digest.clone(),
                 missing_verity_allowed: self.insecure,
             }),
             ..Default::default()
@@ -311,7 +313,19 @@ mod tests {
             insecure: true,
             pinned: false,
             download_only: false,
+            boot_digest: None,
         }
+    }
+
+    #[test]
+    fn boot_digest_reaches_the_entry() {
+        let mut v = view("a", "x");
+        assert_eq!(v.entry().composefs.unwrap().boot_digest, None);
+        v.boot_digest = Some("d".repeat(64));
+        assert_eq!(
+            v.entry().composefs.unwrap().boot_digest,
+            Some("d".repeat(64))
+        );
     }
 
     fn state(order: &[DeploymentView]) -> HostState {
