@@ -666,7 +666,15 @@ pub fn finalize(t: &Target, store: &Store, staged: &Staged) -> Result<Deployment
     publish_entries(t, new.bootloader, &renumber(entries, &new.stateroot))?;
     lifecycle::remove_staged(&t.sysroot)?;
 
-    prune(t, store, &all, &remove, staged.retain)?;
+    // The new default is in place: a failure from here on leaves old
+    // deployments or store content behind (the next prune retries), not a
+    // failed update.
+    if let Err(e) = prune(t, store, &all, &remove, staged.retain) {
+        eprintln!(
+            "bootc: warning: deployment {} is the new default, but pruning old deployments failed (the next update retries): {e:#}",
+            new.id()
+        );
+    }
     Ok(new)
 }
 
@@ -718,7 +726,16 @@ pub(crate) async fn stage_and_finish(t: &Target, req: StageRequest, apply: bool)
     let store = Store::ensure(&t.sysroot)?;
     let lock = crate::image::lock(&store)?;
     let dep = match stage(t, &store, &req).await? {
-        StageOutcome::Unchanged => return Ok(()),
+        StageOutcome::Unchanged => {
+            // Already staged on a running host: make sure the shutdown unit
+            // is armed (it is not after a reboot without finalization).
+            if t.booted.is_some()
+                && lifecycle::read_staged(&t.sysroot)?.is_some_and(|s| !s.download_only)
+            {
+                start_finalize_unit();
+            }
+            return Ok(());
+        }
         StageOutcome::Staged(dep) if req.download_only => {
             t.say(
                 req.quiet,
@@ -1269,6 +1286,14 @@ pub fn rollback(sysroot: &Path, args: RollbackArgs) -> Result<()> {
 }
 
 /// `bootc internals finalize-staged` (the shutdown unit's ExecStop).
+///
+/// When finalization fails, nothing that decides what boots has changed
+/// ([`finalize`] publishes the entries last), so the previous default boots
+/// next. The staged deployment is then dropped (`staged.json` removed, its
+/// directory left for the next prune): like a staged deployment that was
+/// never finalized, it is not applied by a later shutdown, and `bootc
+/// upgrade`/`switch` stage it afresh. The error goes to stderr, which the
+/// unit sends to the journal, and the exit code makes the unit fail.
 pub fn finalize_staged(sysroot: &Path) -> Result<()> {
     let t = match Target::find(sysroot) {
         Ok(t) => t,
@@ -1305,6 +1330,16 @@ pub fn finalize_staged(sysroot: &Path) -> Result<()> {
                 "bootc: finalizing staged deployment {} failed; the previous default still boots: {e:#}",
                 staged.id
             );
+            match lifecycle::remove_staged(&t.sysroot) {
+                Ok(()) => eprintln!(
+                    "bootc: dropped the staged deployment {}; stage it again with `bootc upgrade` or `bootc switch`",
+                    staged.id
+                ),
+                Err(e2) => eprintln!(
+                    "bootc: could not drop the staged deployment {}: {e2:#}",
+                    staged.id
+                ),
+            }
             Err(e)
         }
     }
