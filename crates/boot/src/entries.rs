@@ -10,9 +10,7 @@ use anyhow::{Context, Result};
 use fn_error_context::context;
 use rustix::fs::{Mode, OFlags, RenameFlags};
 
-use crate::bls::{
-    BOOT_FILES_DIR, BlsEntry, INITRAMFS, VMLINUZ, is_valid_boot_dir_name, parse_bls,
-};
+use crate::bls::{BOOT_FILES_DIR, BlsEntry, INITRAMFS, VMLINUZ, is_valid_boot_dir_name, parse_bls};
 
 /// The entries directory, relative to the boot directory.
 pub const ENTRIES_DIR: &str = "loader/entries";
@@ -371,7 +369,7 @@ mod tests {
         install_boot_files(&boot, &id, &mut k, &mut i).unwrap();
         std::fs::create_dir(boot.join("bootc/.tmp-x")).unwrap();
         std::fs::write(boot.join("bootc/stray-file"), "").unwrap();
-        assert_eq!(list_boot_dirs(&boot).unwrap(), [id.clone()]);
+        assert_eq!(list_boot_dirs(&boot).unwrap(), std::slice::from_ref(&id));
         remove_boot_files(&boot, &id).unwrap();
         assert_eq!(list_boot_dirs(&boot).unwrap(), Vec::<String>::new());
         assert_eq!(

@@ -27,9 +27,7 @@ use std::process::Command;
 use anyhow::{Context, Result};
 use fn_error_context::context;
 
-use crate::bls::{
-    BOOT_FILES_DIR, BlsEntry, INITRAMFS, VMLINUZ, is_valid_boot_dir_name, parse_bls,
-};
+use crate::bls::{BOOT_FILES_DIR, BlsEntry, INITRAMFS, VMLINUZ, is_valid_boot_dir_name, parse_bls};
 
 /// Where images ship the systemd-boot binary.
 pub const SYSTEMD_BOOT_EFI: &str = "usr/lib/systemd/boot/efi/systemd-bootx64.efi";
@@ -379,7 +377,7 @@ mod tests {
         assert_eq!(esp.list_boot_dirs().unwrap(), [id.clone(), other.clone()]);
         esp.remove_boot_files(&other).unwrap();
         esp.remove_boot_files(&other).unwrap();
-        assert_eq!(esp.list_boot_dirs().unwrap(), [id.clone()]);
+        assert_eq!(esp.list_boot_dirs().unwrap(), std::slice::from_ref(&id));
         assert!(esp.remove_boot_files("..").is_err());
 
         let e1 = (

@@ -218,7 +218,7 @@ fn offline_upgrade_and_rollback() {
     assert_eq!(names[&v2], shared);
     assert_eq!(shared.len(), 64, "{names:?}");
     assert_ne!(shared, v1);
-    assert_eq!(boot_dirs(&mnt), [shared.clone()]);
+    assert_eq!(boot_dirs(&mnt), std::slice::from_ref(&shared));
     for e in entries(&mnt) {
         assert!(
             e.contains(&format!("linux /bootc/{shared}/vmlinuz\n")),
@@ -226,7 +226,12 @@ fn offline_upgrade_and_rollback() {
         );
     }
     assert!(grub.contains(&format!("/bootc/{shared}/vmlinuz")), "{grub}");
-    assert!(mnt.join("boot/bootc").join(&shared).join("vmlinuz").exists());
+    assert!(
+        mnt.join("boot/bootc")
+            .join(&shared)
+            .join("vmlinuz")
+            .exists()
+    );
 
     bootc(&["rollback", "--sysroot", sysroot]);
     assert!(default_options(&mnt).contains(&v1));

@@ -470,7 +470,11 @@ mod tests {
             ..sample()
         };
         let g = Bootloader::Grub;
-        let (a, b, c) = (dep('a', Some('1'), g), dep('b', Some('1'), g), dep('c', Some('2'), g));
+        let (a, b, c) = (
+            dep('a', Some('1'), g),
+            dep('b', Some('1'), g),
+            dep('c', Some('2'), g),
+        );
         let old = dep('d', None, g);
         let none = dep('e', Some('3'), Bootloader::None);
         let n = |c: char| c.to_string().repeat(64);

@@ -161,7 +161,8 @@ boot_dirs() {
     local esp
     esp=$(lsblk -rnpo PATH,PARTTYPE | while read -r p t; do [ "${t,,}" = c12a7328-f81f-11d2-ba4b-00a0c93ec93b ] && echo "$p"; done | head -n1)
     if [ -n "$esp" ]; then
-        MTOOLS_SKIP_CHECK=1 mdir -b -i "$esp" ::/bootc | sed -n 's|^::/bootc/\([^./][^/]*\)/$|\1|p'
+        # (mdir warns about the partition geometry on stderr.)
+        MTOOLS_SKIP_CHECK=1 mdir -b -i "$esp" ::/bootc 2>/dev/null | sed -n 's|^::/bootc/\([^./][^/]*\)/$|\1|p'
     else
         ls /sysroot/boot/bootc | grep -v '^\.'
     fi
@@ -247,7 +248,14 @@ fn ensure_v3() -> Result<()> {
     fs::write(ctx.path().join("Containerfile"), containerfile)?;
     let start = Instant::now();
     run(Command::new("podman")
-        .args(["build", "--isolation=chroot", "--layers=false", "-t", v3, "-f"])
+        .args([
+            "build",
+            "--isolation=chroot",
+            "--layers=false",
+            "-t",
+            v3,
+            "-f",
+        ])
         .arg(ctx.path().join("Containerfile"))
         .arg(ctx.path()))
     .with_context(|| format!("Building {v3} from {v2}"))?;
@@ -793,10 +801,7 @@ sync
             s.expect_val("variant", "v3")?;
             let files = V3_BULK_MIB / V3_BULK_FILE_MIB;
             s.expect_val("bulk", &files.to_string())?;
-            s.expect_val(
-                "bulkread",
-                &(u64::from(V3_BULK_MIB) << 20).to_string(),
-            )?;
+            s.expect_val("bulkread", &(u64::from(V3_BULK_MIB) << 20).to_string())?;
             if full {
                 s.expect_val("conf", "variant = local edit")?;
             }
@@ -853,7 +858,9 @@ R journal journalctl -b -1 -u bootc-finalize-staged.service --no-pager -o cat
             s.expect_rc("journal", 0)?;
             let journal = s.out("journal");
             for want in [
-                format!("finalizing staged deployment {broken} failed; the previous default still boots"),
+                format!(
+                    "finalizing staged deployment {broken} failed; the previous default still boots"
+                ),
                 format!("dropped the staged deployment {broken}"),
             ] {
                 ensure!(
