@@ -8,8 +8,10 @@ use std::cmp::Ordering;
 
 use anyhow::Result;
 
-/// Where a deployment's kernel and initramfs live on the boot filesystem,
-/// relative to its root: `bootc/<ID>/`.
+/// Where kernels and initramfs live on the boot filesystem, relative to its
+/// root: `bootc/<NAME>/`, NAME being the boot digest (sha256 of the kernel
+/// followed by the initramfs) shared by every deployment with those files,
+/// or the deployment id for deployments made before boot files were shared.
 pub const BOOT_FILES_DIR: &str = "bootc";
 
 /// The kernel's file name in a deployment's boot directory.
@@ -79,15 +81,17 @@ pub fn parse_bls(text: &str) -> Result<BlsEntry> {
 }
 
 impl BlsEntry {
-    /// The entry of a deployment: kernel and initramfs under `bootc/<ID>/`.
+    /// The entry of a deployment: kernel and initramfs under
+    /// `bootc/<BOOT_DIR>/` (see [`BOOT_FILES_DIR`]); the deployment itself
+    /// is named by `composefs=` in `options`.
     pub fn for_deployment(
         title: &str,
         n: u64,
-        id: &str,
+        boot_dir: &str,
         options: &str,
         stateroot: &str,
     ) -> BlsEntry {
-        let (linux, initrd) = boot_file_paths(id);
+        let (linux, initrd) = boot_file_paths(boot_dir);
         BlsEntry {
             title: Some(title.to_owned()),
             version: Some(n.to_string()),
@@ -167,12 +171,19 @@ pub fn entry_file_name(stateroot: &str, n: u64) -> String {
     format!("bootc-{stateroot}-{n}.conf")
 }
 
-/// The `linux` and `initrd` paths of deployment `id` on the boot filesystem.
-pub fn boot_file_paths(id: &str) -> (String, String) {
+/// The `linux` and `initrd` paths in boot directory `boot_dir` (a boot
+/// digest or a deployment id) on the boot filesystem.
+pub fn boot_file_paths(boot_dir: &str) -> (String, String) {
     (
-        format!("/{BOOT_FILES_DIR}/{id}/{VMLINUZ}"),
-        format!("/{BOOT_FILES_DIR}/{id}/{INITRAMFS}"),
+        format!("/{BOOT_FILES_DIR}/{boot_dir}/{VMLINUZ}"),
+        format!("/{BOOT_FILES_DIR}/{boot_dir}/{INITRAMFS}"),
     )
+}
+
+/// Whether `name` can name a boot directory under [`BOOT_FILES_DIR`]: a
+/// non-empty ASCII alphanumeric string (a hex digest or deployment id).
+pub fn is_valid_boot_dir_name(name: &str) -> bool {
+    !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric())
 }
 
 /// Versions compared as numbers when both are, else as strings; `None` is lowest.
@@ -204,12 +215,14 @@ mod tests {
         assert_eq!(parse_bls(&e.render()).unwrap(), e);
     }
 
+    const DIGEST: &str = "fedcba9876543210fedcba9876543210fedcba9876543210fedcba9876543210";
+
     #[test]
     fn deployment_entry_snapshot() {
         let e = BlsEntry::for_deployment(
             "Debian GNU/Linux 12 (bookworm) (1.0)",
             2,
-            ID,
+            DIGEST,
             &format!(
                 "root=UUID=abcd rw composefs={ID} bootc.stateroot=default console=ttyS0,115200"
             ),
@@ -218,8 +231,8 @@ mod tests {
         let expect = format!(
             "title Debian GNU/Linux 12 (bookworm) (1.0)
 version 2
-linux /bootc/{ID}/vmlinuz
-initrd /bootc/{ID}/initramfs.img
+linux /bootc/{DIGEST}/vmlinuz
+initrd /bootc/{DIGEST}/initramfs.img
 options root=UUID=abcd rw composefs={ID} bootc.stateroot=default console=ttyS0,115200
 sort-key bootc-default
 "
@@ -228,6 +241,20 @@ sort-key bootc-default
         assert_eq!(parse_bls(&expect).unwrap(), e);
         assert_eq!(e.deployment_id().as_deref(), Some(ID));
         assert_eq!(entry_file_name("default", 2), "bootc-default-2.conf");
+    }
+
+    #[test]
+    fn boot_dir_names() {
+        for (name, ok) in [
+            (DIGEST, true),
+            (ID, true),
+            ("", false),
+            ("..", false),
+            ("a/b", false),
+            (".tmp-ab", false),
+        ] {
+            assert_eq!(is_valid_boot_dir_name(name), ok, "{name:?}");
+        }
     }
 
     #[test]

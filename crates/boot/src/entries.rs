@@ -10,7 +10,7 @@ use anyhow::{Context, Result};
 use fn_error_context::context;
 use rustix::fs::{Mode, OFlags, RenameFlags};
 
-use crate::bls::{BOOT_FILES_DIR, BlsEntry, INITRAMFS, VMLINUZ, parse_bls};
+use crate::bls::{BOOT_FILES_DIR, BlsEntry, INITRAMFS, VMLINUZ, is_valid_boot_dir_name, parse_bls};
 
 /// The entries directory, relative to the boot directory.
 pub const ENTRIES_DIR: &str = "loader/entries";
@@ -103,45 +103,47 @@ pub fn read_entries(boot_dir: &Path) -> Result<Vec<(String, BlsEntry)>> {
     Ok(out)
 }
 
-/// Copy a deployment's kernel and initramfs to `boot_dir/bootc/<ID>/`.
+/// Copy a kernel and initramfs to `boot_dir/bootc/<NAME>/` (NAME: their
+/// boot digest, see [`BOOT_FILES_DIR`]).
 ///
-/// Built in `bootc/.tmp-<ID>` and renamed into place after a `syncfs`, so
-/// `bootc/<ID>` is complete whenever it exists; an existing one is kept
-/// (the id names the content).
-#[context("Copying the kernel of deployment {id} to {}", boot_dir.display())]
+/// Built in `bootc/.tmp-<NAME>` and renamed into place after a `syncfs`, so
+/// `bootc/<NAME>` is complete whenever it exists; an existing one is kept
+/// (the name is the digest of the content, so deployments with the same
+/// kernel share one copy).
+#[context("Copying the kernel to {}/{BOOT_FILES_DIR}/{name}", boot_dir.display())]
 pub fn install_boot_files(
     boot_dir: &Path,
-    id: &str,
+    name: &str,
     vmlinuz: &mut File,
     initramfs: &mut File,
 ) -> Result<()> {
     anyhow::ensure!(
-        !id.is_empty() && id.bytes().all(|b| b.is_ascii_alphanumeric()),
-        "invalid deployment id {id:?}"
+        is_valid_boot_dir_name(name),
+        "invalid boot directory name {name:?}"
     );
     let parent = boot_dir.join(BOOT_FILES_DIR);
     std::fs::create_dir_all(&parent).with_context(|| format!("Creating {}", parent.display()))?;
-    let final_dir = parent.join(id);
+    let final_dir = parent.join(name);
     if final_dir.is_dir() {
         return Ok(());
     }
-    let tmp = parent.join(format!(".tmp-{id}"));
+    let tmp = parent.join(format!(".tmp-{name}"));
     if tmp.symlink_metadata().is_ok() {
         std::fs::remove_dir_all(&tmp)
             .with_context(|| format!("Removing stale {}", tmp.display()))?;
     }
     std::fs::create_dir(&tmp).with_context(|| format!("Creating {}", tmp.display()))?;
     let tmp_fd = open_dir(&tmp)?;
-    for (name, src) in [(VMLINUZ, vmlinuz), (INITRAMFS, initramfs)] {
+    for (file, src) in [(VMLINUZ, vmlinuz), (INITRAMFS, initramfs)] {
         let fd = rustix::fs::openat(
             &tmp_fd,
-            name,
+            file,
             OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::CLOEXEC,
             Mode::from_raw_mode(0o644),
         )
-        .with_context(|| format!("Creating {}/{name}", tmp.display()))?;
+        .with_context(|| format!("Creating {}/{file}", tmp.display()))?;
         let mut f = File::from(fd);
-        std::io::copy(src, &mut f).with_context(|| format!("Writing {}/{name}", tmp.display()))?;
+        std::io::copy(src, &mut f).with_context(|| format!("Writing {}/{file}", tmp.display()))?;
     }
     rustix::fs::syncfs(&tmp_fd).context("Syncing the boot filesystem")?;
     std::fs::rename(&tmp, &final_dir)
@@ -151,20 +153,21 @@ pub fn install_boot_files(
     Ok(())
 }
 
-/// Remove `boot_dir/bootc/<ID>/` (renamed aside first, so a crash never
-/// leaves a half-deleted kernel directory under its real name).
-#[context("Removing the kernel of deployment {id} from {}", boot_dir.display())]
-pub fn remove_boot_files(boot_dir: &Path, id: &str) -> Result<()> {
+/// Remove `boot_dir/bootc/<NAME>/` (renamed aside first, so a crash never
+/// leaves a half-deleted kernel directory under its real name). The caller
+/// checks that no deployment uses it any more.
+#[context("Removing {}/{BOOT_FILES_DIR}/{name}", boot_dir.display())]
+pub fn remove_boot_files(boot_dir: &Path, name: &str) -> Result<()> {
     anyhow::ensure!(
-        !id.is_empty() && id.bytes().all(|b| b.is_ascii_alphanumeric()),
-        "invalid deployment id {id:?}"
+        is_valid_boot_dir_name(name),
+        "invalid boot directory name {name:?}"
     );
     let parent = boot_dir.join(BOOT_FILES_DIR);
-    let dir = parent.join(id);
+    let dir = parent.join(name);
     if dir.symlink_metadata().is_err() {
         return Ok(());
     }
-    let tmp = parent.join(format!(".tmp-rm-{id}"));
+    let tmp = parent.join(format!(".tmp-rm-{name}"));
     if tmp.symlink_metadata().is_ok() {
         std::fs::remove_dir_all(&tmp)
             .with_context(|| format!("Removing stale {}", tmp.display()))?;
@@ -172,6 +175,30 @@ pub fn remove_boot_files(boot_dir: &Path, id: &str) -> Result<()> {
     std::fs::rename(&dir, &tmp)
         .with_context(|| format!("Renaming {} to {}", dir.display(), tmp.display()))?;
     std::fs::remove_dir_all(&tmp).with_context(|| format!("Removing {}", tmp.display()))
+}
+
+/// The names of the boot directories in `boot_dir/bootc/` (temporary
+/// `.`-prefixed ones excluded), sorted; empty when there are none.
+#[context("Listing {}/{BOOT_FILES_DIR}", boot_dir.display())]
+pub fn list_boot_dirs(boot_dir: &Path) -> Result<Vec<String>> {
+    let dir = boot_dir.join(BOOT_FILES_DIR);
+    let rd = match std::fs::read_dir(&dir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e).with_context(|| format!("Reading {}", dir.display())),
+    };
+    let mut out = Vec::new();
+    for ent in rd {
+        let ent = ent.with_context(|| format!("Reading {}", dir.display()))?;
+        if let Some(name) = ent.file_name().to_str()
+            && is_valid_boot_dir_name(name)
+            && ent.file_type()?.is_dir()
+        {
+            out.push(name.to_owned());
+        }
+    }
+    out.sort();
+    Ok(out)
 }
 
 /// The entries in boot order: the default (highest `version`) first.
@@ -340,5 +367,14 @@ mod tests {
             "initrd"
         );
         install_boot_files(&boot, &id, &mut k, &mut i).unwrap();
+        std::fs::create_dir(boot.join("bootc/.tmp-x")).unwrap();
+        std::fs::write(boot.join("bootc/stray-file"), "").unwrap();
+        assert_eq!(list_boot_dirs(&boot).unwrap(), std::slice::from_ref(&id));
+        remove_boot_files(&boot, &id).unwrap();
+        assert_eq!(list_boot_dirs(&boot).unwrap(), Vec::<String>::new());
+        assert_eq!(
+            list_boot_dirs(&td.path().join("none")).unwrap(),
+            Vec::<String>::new()
+        );
     }
 }

@@ -17,7 +17,8 @@
 //! 3 leaves no `loader/entries` but a complete `loader/entries.old`: the next
 //! [`Esp::write_entries`] (or [`Esp::repair`]) renames it back first. Until
 //! then systemd-boot shows no bootc entry, which is the window FAT leaves.
-//! Boot files (`bootc/<ID>/`) are written before any entry names them.
+//! Boot files (`bootc/<NAME>/`, NAME the boot digest) are written before
+//! any entry names them, and removed only after no entry does.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -26,7 +27,7 @@ use std::process::Command;
 use anyhow::{Context, Result};
 use fn_error_context::context;
 
-use crate::bls::{BOOT_FILES_DIR, BlsEntry, INITRAMFS, VMLINUZ, parse_bls};
+use crate::bls::{BOOT_FILES_DIR, BlsEntry, INITRAMFS, VMLINUZ, is_valid_boot_dir_name, parse_bls};
 
 /// Where images ship the systemd-boot binary.
 pub const SYSTEMD_BOOT_EFI: &str = "usr/lib/systemd/boot/efi/systemd-bootx64.efi";
@@ -203,25 +204,47 @@ impl Esp {
         Ok(())
     }
 
-    /// Copy a deployment's kernel and initramfs to `bootc/<ID>/`; an
-    /// existing complete directory is kept. Written as `bootc/.new-<ID>`
-    /// and renamed, so `bootc/<ID>` exists only when complete.
-    #[context("Copying the kernel of deployment {id} to {}", self.device.display())]
-    pub fn install_boot_files(&self, id: &str, vmlinuz: &Path, initramfs: &Path) -> Result<()> {
+    /// Copy a kernel and initramfs to `bootc/<NAME>/` (NAME: their boot
+    /// digest); an existing complete directory is kept, so deployments with
+    /// the same kernel share it. Written as `bootc/.new-<NAME>` and
+    /// renamed, so `bootc/<NAME>` exists only when complete.
+    #[context("Copying the kernel to ::/{BOOT_FILES_DIR}/{name} on {}", self.device.display())]
+    pub fn install_boot_files(&self, name: &str, vmlinuz: &Path, initramfs: &Path) -> Result<()> {
         anyhow::ensure!(
-            !id.is_empty() && id.bytes().all(|b| b.is_ascii_alphanumeric()),
-            "invalid deployment id {id:?}"
+            is_valid_boot_dir_name(name),
+            "invalid boot directory name {name:?}"
         );
-        let dir = format!("/{BOOT_FILES_DIR}/{id}");
+        let dir = format!("/{BOOT_FILES_DIR}/{name}");
         if self.exists(&dir)? {
             return Ok(());
         }
-        let tmp = format!("/{BOOT_FILES_DIR}/.new-{id}");
+        let tmp = format!("/{BOOT_FILES_DIR}/.new-{name}");
         self.remove_tree(&tmp)?;
         self.mkdir_p(&tmp)?;
         self.put(vmlinuz, &format!("{tmp}/{VMLINUZ}"))?;
         self.put(initramfs, &format!("{tmp}/{INITRAMFS}"))?;
         self.rename(&tmp, &dir)
+    }
+
+    /// Remove `bootc/<NAME>/` if it exists. The caller checks that no
+    /// deployment uses it any more.
+    #[context("Removing ::/{BOOT_FILES_DIR}/{name} on {}", self.device.display())]
+    pub fn remove_boot_files(&self, name: &str) -> Result<()> {
+        anyhow::ensure!(
+            is_valid_boot_dir_name(name),
+            "invalid boot directory name {name:?}"
+        );
+        self.remove_tree(&format!("/{BOOT_FILES_DIR}/{name}"))
+    }
+
+    /// The names of the boot directories in `bootc/` (temporary ones
+    /// excluded), sorted.
+    pub fn list_boot_dirs(&self) -> Result<Vec<String>> {
+        Ok(self
+            .list(&format!("/{BOOT_FILES_DIR}"))?
+            .into_iter()
+            .filter(|n| is_valid_boot_dir_name(n))
+            .collect())
     }
 
     /// Put back `loader/entries` after a crash between the two renames of
@@ -348,6 +371,14 @@ mod tests {
                 .unwrap(),
             b"initrd"
         );
+        let other = "cd".repeat(32);
+        esp.install_boot_files(&other, &td.path().join("k"), &td.path().join("i"))
+            .unwrap();
+        assert_eq!(esp.list_boot_dirs().unwrap(), [id.clone(), other.clone()]);
+        esp.remove_boot_files(&other).unwrap();
+        esp.remove_boot_files(&other).unwrap();
+        assert_eq!(esp.list_boot_dirs().unwrap(), std::slice::from_ref(&id));
+        assert!(esp.remove_boot_files("..").is_err());
 
         let e1 = (
             "bootc-default-1.conf".to_owned(),

@@ -9,8 +9,8 @@
 //!
 //! **Architecture invariant**: every change to what boots ends in one rename
 //! or exchange after a sync barrier (on FAT, see [`esp`] for what we get).
-//! This crate knows nothing of images or deployments beyond an id and a
-//! kernel command line.
+//! This crate knows nothing of images or deployments beyond a boot directory
+//! name (`bootc/<bootDigest>/`) and a kernel command line.
 
 pub mod bls;
 pub mod counting;

@@ -456,8 +456,59 @@ pub fn parent_disk(part: &Path) -> Result<PathBuf> {
     Ok(Path::new("/dev").join(parent))
 }
 
-/// The partitions of `disk` with GPT type `guid` (from `lsblk PARTTYPE`).
+/// The partition of `disk` with GPT type `guid`: from `lsblk PARTTYPE`,
+/// else from the partition table itself (`sfdisk --json`), for partitions
+/// that udev does not know (added with `partx -a` on a host without udev,
+/// where lsblk reports no PARTTYPE).
 pub fn find_partition_by_type(disk: &Path, guid: &str) -> Result<Option<PathBuf>> {
+    if let Some(p) = find_partition_by_type_lsblk(disk, guid)? {
+        return Ok(Some(p));
+    }
+    let out = Command::new("sfdisk")
+        .arg("--json")
+        .arg(disk)
+        .output()
+        .context("Running sfdisk --json")?;
+    if !out.status.success() {
+        // No partition table sfdisk knows: no such partition.
+        tracing::debug!(
+            "sfdisk --json {}: {}",
+            disk.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+        return Ok(None);
+    }
+    parse_sfdisk_partition_by_type(&String::from_utf8_lossy(&out.stdout), guid)
+        .with_context(|| format!("Parsing sfdisk --json {}", disk.display()))
+}
+
+/// The `node` of the first partition of type `guid` in `sfdisk --json` output.
+fn parse_sfdisk_partition_by_type(json: &str, guid: &str) -> Result<Option<PathBuf>> {
+    #[derive(Deserialize)]
+    struct Out {
+        partitiontable: Table,
+    }
+    #[derive(Deserialize)]
+    struct Table {
+        #[serde(default)]
+        partitions: Vec<Part>,
+    }
+    #[derive(Deserialize)]
+    struct Part {
+        node: String,
+        #[serde(rename = "type")]
+        ty: String,
+    }
+    let out: Out = serde_json::from_str(json)?;
+    Ok(out
+        .partitiontable
+        .partitions
+        .into_iter()
+        .find(|p| p.ty.eq_ignore_ascii_case(guid))
+        .map(|p| PathBuf::from(p.node)))
+}
+
+fn find_partition_by_type_lsblk(disk: &Path, guid: &str) -> Result<Option<PathBuf>> {
     let out = run_output(
         Command::new("lsblk")
             .args(["--json", "-o", "PATH,TYPE,PARTTYPE"])
@@ -552,6 +603,40 @@ impl Drop for LoopDevice {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sfdisk_partition_lookup() {
+        let json = r#"{
+   "partitiontable": {
+      "label": "gpt",
+      "id": "95396673-ADBE-C44C-AAF8-9DD0535D979C",
+      "device": "/dev/loop1",
+      "unit": "sectors",
+      "firstlba": 2048,
+      "lastlba": 131038,
+      "sectorsize": 512,
+      "partitions": [
+         {"node": "/dev/loop1p1", "start": 2048, "size": 2048, "type": "21686148-6449-6E6F-744E-656564454649", "uuid": "A"},
+         {"node": "/dev/loop1p2", "start": 4096, "size": 32768, "type": "C12A7328-F81F-11D2-BA4B-00A0C93EC93B", "uuid": "B"},
+         {"node": "/dev/loop1p3", "start": 36864, "size": 94208, "type": "4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709", "uuid": "C"}
+      ]
+   }
+}"#;
+        for (guid, want) in [
+            (ESP_GUID, Some("/dev/loop1p2")),
+            ("4f68bce3-e8cd-4db1-96e7-fbcaf984b709", Some("/dev/loop1p3")),
+            ("0FC63DAF-8483-4772-8E79-3D69D8477DE4", None),
+        ] {
+            assert_eq!(
+                parse_sfdisk_partition_by_type(json, guid).unwrap(),
+                want.map(PathBuf::from),
+                "{guid}"
+            );
+        }
+        let empty = r#"{"partitiontable": {"label": "gpt"}}"#;
+        assert_eq!(parse_sfdisk_partition_by_type(empty, ESP_GUID).unwrap(), None);
+        assert!(parse_sfdisk_partition_by_type("not json", ESP_GUID).is_err());
+    }
 
     #[test]
     fn sfdisk_scripts() {

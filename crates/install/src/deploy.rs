@@ -309,6 +309,7 @@ pub fn deploy(
         stateroot: stateroot.clone(),
         kargs: kargs.clone(),
         bootloader: bootloaders.first().copied().unwrap_or(Bootloader::None),
+        boot_digest: bootc_sysroot::deployment::boot_digest(tree, &kernel)?,
         kernel: kernel.clone(),
     };
     let dep = bootc_sysroot::create_deployment(&fetched.store, tree, image, &new)?;
@@ -325,7 +326,7 @@ pub fn deploy(
     let n = 1;
     let entries = vec![(
         entry_file_name(&stateroot, n),
-        BlsEntry::for_deployment(&title, n, &id, &kargs.join(" "), &stateroot),
+        BlsEntry::for_deployment(&title, n, dep.boot_dir_name(), &kargs.join(" "), &stateroot),
     )];
     let boot_dir = sysroot.join("boot");
     for bl in &bootloaders {
@@ -337,7 +338,12 @@ pub fn deploy(
                     .expect("checked by choose_bootloaders");
                 let mut k = tree.open_file(&kernel.vmlinuz)?;
                 let mut i = tree.open_file(&kernel.initramfs)?;
-                bootc_boot::entries::install_boot_files(&boot_dir, &id, &mut k, &mut i)?;
+                bootc_boot::entries::install_boot_files(
+                    &boot_dir,
+                    dep.boot_dir_name(),
+                    &mut k,
+                    &mut i,
+                )?;
                 grub_install_bios(disk, &boot_dir)?;
                 write_grub_cfg(&boot_dir, &render_grub_cfg(&entries, &target.boot_fs))?;
             }
@@ -351,7 +357,7 @@ pub fn deploy(
                 esp.install_systemd_boot(&fd_path(&efi))?;
                 let k = tree.open_file(&kernel.vmlinuz)?;
                 let i = tree.open_file(&kernel.initramfs)?;
-                esp.install_boot_files(&id, &fd_path(&k), &fd_path(&i))?;
+                esp.install_boot_files(dep.boot_dir_name(), &fd_path(&k), &fd_path(&i))?;
                 esp.write_entries(&entries)?;
             }
             Bootloader::None => {}

@@ -39,6 +39,7 @@ fn view(root: &Path, d: &Deployment, download_only: bool) -> DeploymentView {
         pinned: lifecycle::is_pinned(root, d.id()),
         download_only,
         boot_assessment: crate::bootcount::assessment(root, d.id()),
+        boot_digest: d.boot_digest.clone(),
     }
 }
 
@@ -181,6 +182,7 @@ mod tests {
             pinned: false,
             download_only: false,
             boot_assessment: None,
+            boot_digest: None,
         }
     }
 

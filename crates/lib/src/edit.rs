@@ -337,6 +337,7 @@ status:
             pinned,
             download_only,
             boot_assessment: None,
+            boot_digest: None,
         };
         let state = crate::deployments::HostState {
             order: vec![

@@ -74,6 +74,8 @@ pub struct DeploymentView {
     pub download_only: bool,
     /// On trial, or failed its trial (automatic rollback).
     pub boot_assessment: Option<bootc_spec::BootAssessment>,
+    /// The sha256 of its kernel followed by its initramfs, when recorded.
+    pub boot_digest: Option<String>,
 }
 
 impl DeploymentView {
@@ -93,7 +95,7 @@ impl DeploymentView {
                 verity: self.id.clone(),
                 boot_type: BootType::Bls,
                 bootloader: self.bootloader,
-                boot_digest: None,
+                boot_digest: self.boot_digest.clone(),
                 missing_verity_allowed: self.insecure,
             }),
             boot_assessment: self.boot_assessment.clone(),
@@ -333,7 +335,19 @@ mod tests {
             pinned: false,
             download_only: false,
             boot_assessment: None,
+            boot_digest: None,
         }
+    }
+
+    #[test]
+    fn boot_digest_reaches_the_entry() {
+        let mut v = view("a", "x");
+        assert_eq!(v.entry().composefs.unwrap().boot_digest, None);
+        v.boot_digest = Some("d".repeat(64));
+        assert_eq!(
+            v.entry().composefs.unwrap().boot_digest,
+            Some("d".repeat(64))
+        );
     }
 
     fn state(order: &[DeploymentView]) -> HostState {

@@ -303,30 +303,79 @@ fn publish_entries_on_trial(
     bootc_boot::entries::write_entries(&boot, entries)
 }
 
-/// Copy the kernel of `dep` (image mounted as `tree`) where its bootloader reads it.
+/// Copy the kernel of `dep` (image mounted as `tree`) where its bootloader
+/// reads it, `bootc/<bootDigest>/`: kept as is when a deployment with the
+/// same kernel and initramfs put it there already.
 fn install_kernel(t: &Target, dep: &Deployment, tree: &bootc_sysroot::ImageTree) -> Result<()> {
     let kernel = tree.find_kernel()?;
+    let name = dep.boot_dir_name();
     match dep.bootloader {
         Bootloader::Grub => {
             let mut k = tree.open_file(&kernel.vmlinuz)?;
             let mut i = tree.open_file(&kernel.initramfs)?;
-            bootc_boot::entries::install_boot_files(&t.boot_dir(), dep.id(), &mut k, &mut i)
+            bootc_boot::entries::install_boot_files(&t.boot_dir(), name, &mut k, &mut i)
         }
         Bootloader::Systemd => {
             let k = tree.open_file(&kernel.vmlinuz)?;
             let i = tree.open_file(&kernel.initramfs)?;
-            find_esp(&t.sysroot)?.install_boot_files(dep.id(), &fd_path(&k), &fd_path(&i))
+            find_esp(&t.sysroot)?.install_boot_files(name, &fd_path(&k), &fd_path(&i))
         }
         Bootloader::None => Ok(()),
     }
 }
 
-fn remove_kernel(t: &Target, dep: &Deployment) -> Result<()> {
-    match dep.bootloader {
-        Bootloader::Grub => bootc_boot::entries::remove_boot_files(&t.boot_dir(), dep.id()),
-        Bootloader::Systemd => find_esp(&t.sysroot)?.remove_tree(&format!("/bootc/{}", dep.id())),
-        Bootloader::None => Ok(()),
+/// Remove the boot directories of `gone` (deployments being removed) that
+/// no deployment of `remaining` uses; a shared kernel stays while any
+/// deployment references it. Called before the deployments' directories
+/// are removed, so a crash leaves at worst a deployment without boot files
+/// and no boot entry, which the next prune removes.
+fn remove_kernels(t: &Target, gone: &[&Deployment], remaining: &[&Deployment]) -> Result<()> {
+    let names = deployment::unreferenced_boot_dirs(gone, remaining);
+    if names.is_empty() {
+        return Ok(());
     }
+    // Every deployment of a host has the same bootloader.
+    let esp = if gone.iter().any(|d| d.bootloader == Bootloader::Systemd) {
+        Some(find_esp(&t.sysroot)?)
+    } else {
+        None
+    };
+    for name in &names {
+        match &esp {
+            Some(esp) => esp.remove_boot_files(name)?,
+            None => bootc_boot::entries::remove_boot_files(&t.boot_dir(), name)?,
+        }
+    }
+    Ok(())
+}
+
+/// Remove boot directories that no deployment of `all` uses (left by an
+/// interrupted prune or a deployment removed by hand). Deployments made
+/// before boot files were shared own `bootc/<ID>/`, which counts as used.
+fn sweep_boot_dirs(t: &Target, all: &[Deployment]) -> Result<()> {
+    let used: BTreeSet<&str> = all.iter().map(|d| d.boot_dir_name()).collect();
+    let bootloader = all.first().map(|d| d.bootloader);
+    match bootloader {
+        Some(Bootloader::Grub) => {
+            for name in bootc_boot::entries::list_boot_dirs(&t.boot_dir())? {
+                if !used.contains(name.as_str()) {
+                    tracing::info!("removing unused boot directory bootc/{name}");
+                    bootc_boot::entries::remove_boot_files(&t.boot_dir(), &name)?;
+                }
+            }
+        }
+        Some(Bootloader::Systemd) => {
+            let esp = find_esp(&t.sysroot)?;
+            for name in esp.list_boot_dirs()? {
+                if !used.contains(name.as_str()) {
+                    tracing::info!("removing unused boot directory ::/bootc/{name}");
+                    esp.remove_boot_files(&name)?;
+                }
+            }
+        }
+        Some(Bootloader::None) | None => {}
+    }
+    Ok(())
 }
 
 /// What to stage.
@@ -427,12 +476,14 @@ async fn stage(t: &Target, store: &Store, req: &StageRequest) -> Result<StageOut
     let new_kd = bootc_install::config::load_kargs(&new_mount)?;
     drop(base_mount);
     let kargs = lifecycle::update_kargs(&base.kargs, &old_kd, &new_kd, &id);
+    let new_kernel = new_mount.find_kernel()?;
     let new = NewDeployment {
         imgref: new_ref,
         stateroot: base.stateroot.clone(),
         kargs,
         bootloader: base.bootloader,
-        kernel: new_mount.find_kernel()?,
+        boot_digest: deployment::boot_digest(&new_mount, &new_kernel)?,
+        kernel: new_kernel,
     };
     let dep = if deployment::deployment_dir(&t.sysroot, &id).exists() {
         if order.iter().any(|(o, _)| o == &id) {
@@ -474,6 +525,7 @@ fn reuse_deployment(
     let dep = Deployment {
         image: new.imgref.clone(),
         kargs: new.kargs.clone(),
+        boot_digest: Some(new.boot_digest.clone()),
         created: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
         ..old
     };
@@ -500,7 +552,9 @@ fn discard_staged(
     if order.iter().any(|(id, _)| id == dep.id()) || t.booted.as_deref() == Some(dep.id()) {
         return Ok(());
     }
-    remove_kernel(t, dep)?;
+    let all = deployment::list_deployments(&t.sysroot)?;
+    let others: Vec<&Deployment> = all.iter().filter(|d| d.id() != dep.id()).collect();
+    remove_kernels(t, &[dep], &others)?;
     lifecycle::remove_deployment_dir(&t.sysroot, dep.id())?;
     store.untag(&lifecycle::deployment_tag(dep.id()))?;
     Ok(())
@@ -608,7 +662,13 @@ pub fn finalize(t: &Target, store: &Store, staged: &Staged) -> Result<Deployment
             &new.manifest_digest,
         )
     };
-    let new_entry = BlsEntry::for_deployment(&title, 0, new.id(), &new.cmdline(), &new.stateroot);
+    let new_entry = BlsEntry::for_deployment(
+        &title,
+        0,
+        new.boot_dir_name(),
+        &new.cmdline(),
+        &new.stateroot,
+    );
     let entries: Vec<BlsEntry> = keep
         .iter()
         .map(|id| {
@@ -638,7 +698,15 @@ pub fn finalize(t: &Target, store: &Store, staged: &Staged) -> Result<Deployment
     )?;
     lifecycle::remove_staged(&t.sysroot)?;
 
-    prune(t, store, &all, &remove, staged.retain)?;
+    // The new default is in place: a failure from here on leaves old
+    // deployments or store content behind (the next prune retries), not a
+    // failed update.
+    if let Err(e) = prune(t, store, &all, &remove, staged.retain) {
+        eprintln!(
+            "bootc: warning: deployment {} is the new default, but pruning old deployments failed (the next update retries): {e:#}",
+            new.id()
+        );
+    }
     Ok(new)
 }
 
@@ -651,13 +719,16 @@ fn prune(
     remove: &[String],
     retain: bool,
 ) -> Result<()> {
-    for d in all.iter().filter(|d| remove.iter().any(|r| r == d.id())) {
-        remove_kernel(t, d)?;
+    let (gone, kept): (Vec<&Deployment>, Vec<&Deployment>) =
+        all.iter().partition(|d| remove.iter().any(|r| r == d.id()));
+    remove_kernels(t, &gone, &kept)?;
+    for d in &gone {
         lifecycle::remove_deployment_dir(&t.sysroot, d.id())?;
         store.untag(&lifecycle::deployment_tag(d.id()))?;
     }
+    let remaining = deployment::list_deployments(&t.sysroot)?;
+    sweep_boot_dirs(t, &remaining)?;
     if !retain {
-        let remaining = deployment::list_deployments(&t.sysroot)?;
         let used: BTreeSet<&str> = remaining
             .iter()
             .map(|d| d.manifest_digest.as_str())
@@ -687,7 +758,16 @@ pub(crate) async fn stage_and_finish(t: &Target, req: StageRequest, apply: bool)
     let store = Store::ensure(&t.sysroot)?;
     let lock = crate::image::lock(&store)?;
     let dep = match stage(t, &store, &req).await? {
-        StageOutcome::Unchanged => return Ok(()),
+        StageOutcome::Unchanged => {
+            // Already staged on a running host: make sure the shutdown unit
+            // is armed (it is not after a reboot without finalization).
+            if t.booted.is_some()
+                && lifecycle::read_staged(&t.sysroot)?.is_some_and(|s| !s.download_only)
+            {
+                start_finalize_unit();
+            }
+            return Ok(());
+        }
         StageOutcome::Staged(dep) if req.download_only => {
             t.say(
                 req.quiet,
@@ -1045,12 +1125,13 @@ fn human_bytes(b: u64) -> String {
 }
 
 /// The size of `base`'s kernel and initramfs on the sysroot (GRUB keeps
-/// them in `/boot/bootc/<ID>/`; systemd-boot on the ESP, another filesystem).
+/// them in `/boot/bootc/<bootDigest>/`; systemd-boot on the ESP, another
+/// filesystem): an upper bound, as a new image with the same kernel shares it.
 fn kernel_bytes(t: &Target, base: &Deployment) -> u64 {
     if base.bootloader != Bootloader::Grub {
         return 0;
     }
-    let dir = t.boot_dir().join("bootc").join(base.id());
+    let dir = t.boot_dir().join("bootc").join(base.boot_dir_name());
     std::fs::read_dir(&dir)
         .into_iter()
         .flatten()
@@ -1238,6 +1319,14 @@ pub fn rollback(sysroot: &Path, args: RollbackArgs) -> Result<()> {
 }
 
 /// `bootc internals finalize-staged` (the shutdown unit's ExecStop).
+///
+/// When finalization fails, nothing that decides what boots has changed
+/// ([`finalize`] publishes the entries last), so the previous default boots
+/// next. The staged deployment is then dropped (`staged.json` removed, its
+/// directory left for the next prune): like a staged deployment that was
+/// never finalized, it is not applied by a later shutdown, and `bootc
+/// upgrade`/`switch` stage it afresh. The error goes to stderr, which the
+/// unit sends to the journal, and the exit code makes the unit fail.
 pub fn finalize_staged(sysroot: &Path) -> Result<()> {
     let t = match Target::find(sysroot) {
         Ok(t) => t,
@@ -1274,6 +1363,16 @@ pub fn finalize_staged(sysroot: &Path) -> Result<()> {
                 "bootc: finalizing staged deployment {} failed; the previous default still boots: {e:#}",
                 staged.id
             );
+            match lifecycle::remove_staged(&t.sysroot) {
+                Ok(()) => eprintln!(
+                    "bootc: dropped the staged deployment {}; stage it again with `bootc upgrade` or `bootc switch`",
+                    staged.id
+                ),
+                Err(e2) => eprintln!(
+                    "bootc: could not drop the staged deployment {}: {e2:#}",
+                    staged.id
+                ),
+            }
             Err(e)
         }
     }

@@ -1,6 +1,9 @@
 //! Offline lifecycle on a loop disk: install v1 (GRUB), edit /etc, upgrade
 //! to v2 with `--sysroot`, check entries, grub.cfg, kargs and the /etc
-//! merge, then roll back.
+//! merge, then roll back. Then the sharing of boot files: v1 and v2 have the
+//! same kernel and share `boot/bootc/<bootDigest>/`; v3 (another initramfs)
+//! and v4 (v3's kernel) are deployed in turn, and the shared directory is
+//! kept while a deployment uses it and removed with the last one.
 //!
 //! Needs root, podman and the example image `localhost/bootc-example:latest`
 //! (built by examples/build.sh); skipped otherwise.
@@ -25,6 +28,43 @@ fn bootc(args: &[&str]) {
     v.extend(args.iter().map(|s| s.to_string()));
     bootc_lib::cli::run_from_args(v.into_iter().map(Into::into))
         .unwrap_or_else(|e| panic!("bootc {args:?}: {e:#}"));
+}
+
+/// The boot directories in `boot/bootc` (temporary ones left out).
+fn boot_dirs(mnt: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(mnt.join("boot/bootc"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| !n.starts_with('.'))
+        .collect();
+    v.sort();
+    v
+}
+
+/// Deployment id -> boot directory name, from the deployment records.
+fn boot_dir_names(mnt: &Path) -> std::collections::BTreeMap<String, String> {
+    bootc_sysroot::deployment::list_deployments(mnt)
+        .unwrap()
+        .iter()
+        .map(|d| (d.id().to_owned(), d.boot_dir_name().to_owned()))
+        .collect()
+}
+
+/// Build `tag` of the test repository from `containerfile`.
+fn build(td: &Path, tag: &str, containerfile: &str) {
+    let cf = td.join(format!("Containerfile.{tag}"));
+    std::fs::write(&cf, containerfile).unwrap();
+    sh(Command::new("podman")
+        .args([
+            "build",
+            "--isolation=chroot",
+            "-q",
+            "-t",
+            &format!("{REPO}:{tag}"),
+            "-f",
+        ])
+        .arg(&cf)
+        .arg(td));
 }
 
 fn image_exists(name: &str) -> bool {
@@ -87,25 +127,13 @@ fn offline_upgrade_and_rollback() {
         "localhost/bootc-example:latest",
         &format!("{REPO}:v1"),
     ]));
-    let cf = td.path().join("Containerfile");
-    std::fs::write(
-        &cf,
-        format!(
+    build(
+        td.path(),
+        "v2",
+        &format!(
             "FROM {REPO}:v1\nRUN echo v2 > /usr/share/lifecycle-v2 && echo new > /etc/lifecycle.conf && mkdir -p /usr/lib/bootc/kargs.d && printf 'kargs = [\"lifecycle=1\"]\\n' > /usr/lib/bootc/kargs.d/50-lifecycle.toml\nLABEL org.opencontainers.image.version=v2\n"
         ),
-    )
-    .unwrap();
-    sh(Command::new("podman")
-        .args([
-            "build",
-            "--isolation=chroot",
-            "-q",
-            "-t",
-            &format!("{REPO}:v2"),
-            "-f",
-        ])
-        .arg(&cf)
-        .arg(td.path()));
+    );
     sh(Command::new("podman").args(["tag", &format!("{REPO}:v1"), &format!("{REPO}:cur")]));
 
     let disk = td.path().join("disk.img");
@@ -183,10 +211,67 @@ fn offline_upgrade_and_rollback() {
     let grub = std::fs::read_to_string(mnt.join("boot/grub/grub.cfg")).unwrap();
     let first = grub.find("menuentry").unwrap();
     assert!(grub[first..].find(&v2) < grub[first..].find(&v1), "{grub}");
-    assert!(mnt.join("boot/bootc").join(&v2).join("vmlinuz").exists());
+    // One kernel, one boot directory: named by the boot digest of both
+    // records, which both entries point at.
+    let names = boot_dir_names(&mnt);
+    let shared = names[&v1].clone();
+    assert_eq!(names[&v2], shared);
+    assert_eq!(shared.len(), 64, "{names:?}");
+    assert_ne!(shared, v1);
+    assert_eq!(boot_dirs(&mnt), std::slice::from_ref(&shared));
+    for e in entries(&mnt) {
+        assert!(
+            e.contains(&format!("linux /bootc/{shared}/vmlinuz\n")),
+            "{e}"
+        );
+    }
+    assert!(grub.contains(&format!("/bootc/{shared}/vmlinuz")), "{grub}");
+    assert!(
+        mnt.join("boot/bootc")
+            .join(&shared)
+            .join("vmlinuz")
+            .exists()
+    );
 
     bootc(&["rollback", "--sysroot", sysroot]);
     assert!(default_options(&mnt).contains(&v1));
     assert!(!default_options(&mnt).contains("lifecycle=1"));
+
+    // v3: another initramfs. v1 (default) stays as rollback, v2 is pruned;
+    // v1 still uses the shared directory.
+    build(
+        td.path(),
+        "v3",
+        &format!(
+            "FROM {REPO}:v1\nRUN for f in /usr/lib/modules/*/initramfs.img; do echo v3 >> $f; done\n"
+        ),
+    );
+    sh(Command::new("podman").args(["tag", &format!("{REPO}:v3"), &format!("{REPO}:cur")]));
+    bootc(&["upgrade", "--quiet", "--sysroot", sysroot]);
+    let names = boot_dir_names(&mnt);
+    assert_eq!(names.len(), 2, "{names:?}");
+    assert!(!names.contains_key(&v2), "v2 not pruned: {names:?}");
+    assert_eq!(names[&v1], shared);
+    let v3 = names.keys().find(|id| **id != v1).unwrap().clone();
+    let own = names[&v3].clone();
+    assert_ne!(own, shared);
+    let mut expect = vec![shared.clone(), own.clone()];
+    expect.sort();
+    assert_eq!(boot_dirs(&mnt), expect);
+
+    // v4: v3's kernel. v1 is pruned, and with it the last use of the
+    // shared directory; v3 and v4 share theirs.
+    build(
+        td.path(),
+        "v4",
+        &format!("FROM {REPO}:v3\nRUN echo v4 > /usr/share/lifecycle-v4\n"),
+    );
+    sh(Command::new("podman").args(["tag", &format!("{REPO}:v4"), &format!("{REPO}:cur")]));
+    bootc(&["upgrade", "--quiet", "--sysroot", sysroot]);
+    let names = boot_dir_names(&mnt);
+    assert_eq!(names.len(), 2, "{names:?}");
+    assert!(!names.contains_key(&v1), "v1 not pruned: {names:?}");
+    assert!(names.values().all(|n| *n == own), "{names:?}");
+    assert_eq!(boot_dirs(&mnt), [own]);
     drop(m);
 }

@@ -122,6 +122,12 @@ pub struct Deployment {
     pub stateroot: String,
     /// The version of the kernel in the image.
     pub kernel_version: String,
+    /// The hex sha256 of the kernel followed by the initramfs, which names
+    /// the boot directory `bootc/<bootDigest>/` that deployments with the
+    /// same kernel share. Absent in records written before boot files were
+    /// shared: those use `bootc/<ID>/` (see [`Deployment::boot_dir_name`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boot_digest: Option<String>,
     /// The complete kernel command line of the deployment's boot entry, as
     /// arguments (`root=`, `rw`, `composefs=<ID>`, `bootc.stateroot=`, then
     /// the kargs of kargs.d, the install config and `--karg`).
@@ -138,6 +144,13 @@ impl Deployment {
     /// The deployment id.
     pub fn id(&self) -> &str {
         &self.composefs_image
+    }
+
+    /// The name of the directory under `bootc/` on the boot filesystem that
+    /// holds this deployment's kernel and initramfs: its boot digest, or
+    /// its id for records that have none.
+    pub fn boot_dir_name(&self) -> &str {
+        self.boot_digest.as_deref().unwrap_or(self.id())
     }
 
     /// The kernel command line as one string.
@@ -160,7 +173,15 @@ impl Deployment {
             }
             .into());
         }
-        serde_json::from_value(v).with_context(|| format!("Parsing deployment {id}"))
+        let dep: Self =
+            serde_json::from_value(v).with_context(|| format!("Parsing deployment {id}"))?;
+        if let Some(d) = &dep.boot_digest {
+            anyhow::ensure!(
+                d.len() == 64 && d.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')),
+                "Deployment {id} has an invalid bootDigest {d:?}"
+            );
+        }
+        Ok(dep)
     }
 
     /// The record as written to disk.
@@ -194,6 +215,38 @@ pub struct NewDeployment {
     pub bootloader: Bootloader,
     /// The image's kernel.
     pub kernel: KernelInfo,
+    /// The boot digest of that kernel ([`boot_digest`]).
+    pub boot_digest: String,
+}
+
+/// The boot digest of `kernel` in `tree`: the hex sha256 of the vmlinuz
+/// followed by the initramfs (the status schema's `bootDigest`). Equal
+/// digests mean identical boot files, which deployments then share.
+#[context("Hashing the kernel and initramfs of image {}", tree.name())]
+pub fn boot_digest(tree: &ImageTree, kernel: &KernelInfo) -> Result<String> {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    for p in [&kernel.vmlinuz, &kernel.initramfs] {
+        let mut f = tree.open_file(p)?;
+        std::io::copy(&mut f, &mut h).with_context(|| format!("Reading /{p}"))?;
+    }
+    Ok(hex::encode(h.finalize()))
+}
+
+/// The boot directories (see [`Deployment::boot_dir_name`]) of `gone` that
+/// no deployment of `remaining` uses: those that can be deleted once the
+/// deployments `gone` are. Sorted, without duplicates.
+pub fn unreferenced_boot_dirs(gone: &[&Deployment], remaining: &[&Deployment]) -> Vec<String> {
+    let used: std::collections::BTreeSet<&str> =
+        remaining.iter().map(|d| d.boot_dir_name()).collect();
+    let out: std::collections::BTreeSet<String> = gone
+        .iter()
+        .filter(|d| d.bootloader != Bootloader::None)
+        .map(|d| d.boot_dir_name())
+        .filter(|n| !used.contains(n))
+        .map(str::to_owned)
+        .collect();
+    out.into_iter().collect()
 }
 
 /// Create the state directory of a deployment of `image` (whose tree is
@@ -226,6 +279,7 @@ pub fn create_deployment(
         composefs_image: id,
         stateroot: new.stateroot.clone(),
         kernel_version: new.kernel.version.clone(),
+        boot_digest: Some(new.boot_digest.clone()),
         kargs: new.kargs.clone(),
         bootloader: new.bootloader,
         verity: store.verity_mode().into(),
@@ -336,6 +390,7 @@ mod tests {
     use super::*;
 
     const ID: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+    const DIGEST: &str = "fedcba9876543210fedcba9876543210fedcba9876543210fedcba9876543210";
 
     fn sample() -> Deployment {
         Deployment {
@@ -349,6 +404,7 @@ mod tests {
             composefs_image: ID.into(),
             stateroot: "default".into(),
             kernel_version: "6.12.0-1-amd64".into(),
+            boot_digest: Some(DIGEST.into()),
             kargs: vec!["root=UUID=u".into(), "rw".into(), format!("composefs={ID}")],
             bootloader: Bootloader::Grub,
             verity: Verity::Insecure,
@@ -372,6 +428,7 @@ mod tests {
   "composefsImage": "{ID}",
   "stateroot": "default",
   "kernelVersion": "6.12.0-1-amd64",
+  "bootDigest": "{DIGEST}",
   "kargs": [
     "root=UUID=u",
     "rw",
@@ -385,6 +442,63 @@ mod tests {
         );
         assert_eq!(sample().to_json(), expect);
         assert_eq!(Deployment::parse(ID, &expect).unwrap(), sample());
+        assert_eq!(sample().boot_dir_name(), DIGEST);
+    }
+
+    #[test]
+    fn boot_digest_is_optional_and_checked() {
+        // A record written before boot files were shared keeps `bootc/<ID>`.
+        let old = sample()
+            .to_json()
+            .replace(&format!("  \"bootDigest\": \"{DIGEST}\",\n"), "");
+        let dep = Deployment::parse(ID, &old).unwrap();
+        assert_eq!(dep.boot_digest, None);
+        assert_eq!(dep.boot_dir_name(), ID);
+        assert_eq!(dep.to_json(), old);
+        for bad in ["../../etc", "ABCDEF", "", &"a".repeat(63)] {
+            let json = sample().to_json().replace(DIGEST, bad);
+            assert!(Deployment::parse(ID, &json).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn unreferenced_boot_dirs_table() {
+        let dep = |id: char, digest: Option<char>, bl: Bootloader| Deployment {
+            composefs_image: id.to_string().repeat(64),
+            boot_digest: digest.map(|c| c.to_string().repeat(64)),
+            bootloader: bl,
+            ..sample()
+        };
+        let g = Bootloader::Grub;
+        let (a, b, c) = (
+            dep('a', Some('1'), g),
+            dep('b', Some('1'), g),
+            dep('c', Some('2'), g),
+        );
+        let old = dep('d', None, g);
+        let none = dep('e', Some('3'), Bootloader::None);
+        let n = |c: char| c.to_string().repeat(64);
+        // (gone, remaining, removable)
+        let cases: &[(&[&Deployment], &[&Deployment], Vec<String>)] = &[
+            // Shared with a remaining deployment: kept.
+            (&[&a], &[&b, &c], vec![]),
+            // The last user goes: removed, once even if two users go.
+            (&[&a, &b], &[&c], vec![n('1')]),
+            (&[&a, &c], &[&b], vec![n('2')]),
+            // A record without a digest owns `bootc/<ID>`.
+            (&[&old], &[&a], vec![n('d')]),
+            // No bootloader: no boot files.
+            (&[&none], &[], vec![]),
+            (&[], &[&a], vec![]),
+        ];
+        for (gone, remaining, expect) in cases {
+            assert_eq!(
+                &unreferenced_boot_dirs(gone, remaining),
+                expect,
+                "gone {:?}",
+                gone.iter().map(|d| d.id()).collect::<Vec<_>>()
+            );
+        }
     }
 
     #[test]

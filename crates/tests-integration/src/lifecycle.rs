@@ -1,17 +1,22 @@
 //! The host lifecycle across real reboots (issue #4): install v1, switch to
-//! v2 from an OCI layout, roll back, stage from the host with `--sysroot`,
-//! and kill the guest in the middle of staging.
+//! v2 from an OCI layout with `--apply` (a real reboot), roll back, stage
+//! from the host with `--sysroot`, kill the guest in the middle of staging,
+//! and make a finalization at shutdown fail.
 //!
 //! Images: `localhost/bootc-example:v1` and `:v2` (`examples/build.sh v1`,
-//! `examples/build.sh v2 --build-arg VARIANT=v2`). They differ in a package
+//! `examples/build.sh v2 --build-arg VARIANT=v2`; `BOOTC_LIFECYCLE_V1` and
+//! `BOOTC_LIFECYCLE_V2` name others). They differ in a package
 //! (`tree`, v2 only), `/usr/share/bootc-example/variant`, default files in
 //! /etc (`bootc-example.conf` and `bootc-example-defaults.conf` change,
 //! `bootc-example-v2-only.conf` is new in v2) and `kargs.d/10-variant.toml`
 //! (`bootc.example=v1` / `bootc.example=v2`).
 //!
-//! Each boot is a fresh qemu (SeaBIOS/GRUB, `-no-reboot`) with two disks:
-//! the installed disk, and an ext4 disk labelled `BOOTCTEST` holding OCI
-//! layouts of v1 and v2 and the `step.sh` of that boot. The example image's
+//! Each boot is a fresh qemu (OVMF/systemd-boot, `-no-reboot`) with two
+//! disks: the installed disk, and an ext4 disk labelled `BOOTCTEST` holding
+//! OCI layouts of v1, v2 and v3 and the `step.sh` of that boot. UEFI makes
+//! the booted guest write its ESP (with mtools) when it stages and
+//! finalizes; all three images have the same kernel, so the ESP holds one
+//! shared `bootc/<bootDigest>/` throughout. The example image's
 //! `bootc-test-runner.service` runs `step.sh` after the status unit and
 //! prints its output between `BOOTC-STEP-BEGIN` and `BOOTC-STEP-END`, then
 //! `BOOTC-STEP-RC=<n>`; `bootc-test-poweroff.service` then powers off
@@ -23,14 +28,28 @@
 //! `bootc status --format json` document, `@@VAL <key>=<value>` lines and
 //! `@@RC <label>=<exit code>` lines.
 //!
-//! Step 5 kills the guest while it stages `localhost/bootc-example:v3`, which
+//! Step 1 switches with `--apply`: a `systemctl` wrapper put first in PATH
+//! sees bootc ask for the reboot, prints the staged status, edits /etc
+//! (after staging, before the finalization) and then reboots for real; with
+//! `-no-reboot` qemu exits, and the host checks the kernel said "Restarting
+//! system" and the test's power-off unit never ran.
+//!
+//! Step 5 kills the guest while it stages v3 (`localhost/bootc-example:v3`,
+//! or `<V2>-v3` for another v2), which
 //! the test builds from v2 (cached while v2 keeps its image id): v2 plus
 //! [`V3_BULK_MIB`] MiB of random files under `/usr/share/bootc-bulk` in one
 //! layer, so that the import is still running when qemu is killed. After the
 //! kill the old deployment boots, and staging v3 again succeeds and boots.
 //!
+//! Step 6 stages v1 on the booted v3, removes the staged deployment's
+//! EROFS image from the store and powers off: the finalization at shutdown
+//! fails, the next boot is v3 again, and the failure is in the (persistent,
+//! since step 1) journal of the previous boot.
+//!
 //! Environment: `BOOTC_LIFECYCLE_FILESYSTEM=ext4` installs with that root
-//! filesystem (default xfs: see the install step for why); `BOOTC_LIFECYCLE_START=offline` skips steps 1-3;
+//! filesystem (default xfs: see the install step for why);
+//! `BOOTC_LIFECYCLE_FIRMWARE=bios` uses SeaBIOS/GRUB instead of UEFI;
+//! `BOOTC_LIFECYCLE_START=offline` skips steps 1-3;
 //! `BOOTC_TEST_VM_LOGDIR=DIR` keeps the serial logs.
 
 use std::fs;
@@ -50,13 +69,48 @@ use crate::{Ctx, TestFn};
 pub const TESTS: &[(&str, TestFn)] =
     &[("vm_lifecycle_switch_rollback", vm_lifecycle_switch_rollback)];
 
-/// The installed image.
-const V1: &str = "localhost/bootc-example:v1";
-/// The image switched to.
-const V2: &str = "localhost/bootc-example:v2";
+/// The installed image (`$BOOTC_LIFECYCLE_V1`, default
+/// `localhost/bootc-example:v1`).
+fn v1() -> &'static str {
+    &images().0
+}
+
+/// The image switched to (`$BOOTC_LIFECYCLE_V2`, default
+/// `localhost/bootc-example:v2`).
+fn v2() -> &'static str {
+    &images().1
+}
+
 /// v2 plus a large layer, staged while the guest is killed (built by
-/// [`ensure_v3`]).
-const V3: &str = "localhost/bootc-example:v3";
+/// [`ensure_v3`]): `localhost/bootc-example:v3` for the default v2, else
+/// `<V2>-v3`.
+fn v3() -> &'static str {
+    &images().2
+}
+
+fn images() -> &'static (String, String, String) {
+    static IMAGES: std::sync::OnceLock<(String, String, String)> = std::sync::OnceLock::new();
+    IMAGES.get_or_init(|| {
+        let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+        let v1 = env("BOOTC_LIFECYCLE_V1").unwrap_or_else(|| "localhost/bootc-example:v1".into());
+        let v2 = env("BOOTC_LIFECYCLE_V2");
+        let v3 = match &v2 {
+            Some(v2) => format!("{v2}-v3"),
+            None => "localhost/bootc-example:v3".into(),
+        };
+        let v2 = v2.unwrap_or_else(|| "localhost/bootc-example:v2".into());
+        (v1, v2, v3)
+    })
+}
+
+/// Firmware and bootloader: OVMF/systemd-boot, or SeaBIOS/GRUB with
+/// `BOOTC_LIFECYCLE_FIRMWARE=bios`.
+fn firmware() -> (Firmware, &'static str) {
+    match std::env::var("BOOTC_LIFECYCLE_FIRMWARE").as_deref() {
+        Ok("bios") => (Firmware::Bios, "grub"),
+        _ => (Firmware::Uefi, "systemd"),
+    }
+}
 
 /// Size of v3's layer of random (incompressible) files.
 const V3_BULK_MIB: u32 = 192;
@@ -101,6 +155,18 @@ V() { local key=$1; shift; echo "@@VAL $key=$("$@" 2>&1 | tr '\n' '|' | sed 's/|
 # R LABEL CMD...: run CMD, print its output prefixed, then its exit code.
 R() { local label=$1; shift; "$@" >/tmp/r.out 2>&1; local rc=$?; sed "s/^/@@OUT $label: /" /tmp/r.out; echo "@@RC $label=$rc"; }
 exists() { if test -e "$1"; then echo present; else echo absent; fi; }
+# The names in bootc/ of the boot filesystem: the ESP (read with mtools) on
+# UEFI, /sysroot/boot on BIOS; `.`-prefixed temporary names left out.
+boot_dirs() {
+    local esp
+    esp=$(lsblk -rnpo PATH,PARTTYPE | while read -r p t; do [ "${t,,}" = c12a7328-f81f-11d2-ba4b-00a0c93ec93b ] && echo "$p"; done | head -n1)
+    if [ -n "$esp" ]; then
+        # (mdir warns about the partition geometry on stderr.)
+        MTOOLS_SKIP_CHECK=1 mdir -b -i "$esp" ::/bootc 2>/dev/null | sed -n 's|^::/bootc/\([^./][^/]*\)/$|\1|p'
+    else
+        ls /sysroot/boot/bootc | grep -v '^\.'
+    fi
+}
 "#;
 
 fn vm_lifecycle_switch_rollback(ctx: &Ctx) -> Result<()> {
@@ -110,7 +176,7 @@ fn vm_lifecycle_switch_rollback(ctx: &Ctx) -> Result<()> {
     }
     let _l = LOCK.lock().unwrap_or_else(|e| e.into_inner());
     let t0 = Instant::now();
-    for img in [V1, V2] {
+    for img in [v1(), v2()] {
         let st = Command::new("podman")
             .args(["image", "exists", img])
             .status()
@@ -147,19 +213,20 @@ pub(crate) fn podman_image_id(img: &str) -> Result<Option<String>> {
         .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned()))
 }
 
-/// Build [`V3`] from the current [`V2`] unless a v3 built from it exists.
+/// Build [`v3`] from the current [`v2`] unless a v3 built from it exists.
 fn ensure_v3() -> Result<()> {
-    let v2_id = podman_image_id(V2)?.with_context(|| format!("{V2} is not in podman's storage"))?;
-    if podman_image_id(V3)?.is_some() {
+    let (v2, v3) = (v2(), v3());
+    let v2_id = podman_image_id(v2)?.with_context(|| format!("{v2} is not in podman's storage"))?;
+    if podman_image_id(v3)?.is_some() {
         let out = run(Command::new("podman").args([
             "image",
             "inspect",
             "--format",
             &format!("{{{{index .Labels \"{V3_FROM_LABEL}\"}}}}"),
-            V3,
+            v3,
         ]))?;
         if String::from_utf8_lossy(&out.stdout).trim() == v2_id {
-            println!("reusing {V3} (built from {V2} {v2_id})");
+            println!("reusing {v3} (built from {v2} {v2_id})");
             return Ok(());
         }
     }
@@ -181,11 +248,18 @@ fn ensure_v3() -> Result<()> {
     fs::write(ctx.path().join("Containerfile"), containerfile)?;
     let start = Instant::now();
     run(Command::new("podman")
-        .args(["build", "--isolation=chroot", "--layers=false", "-t", V3, "-f"])
+        .args([
+            "build",
+            "--isolation=chroot",
+            "--layers=false",
+            "-t",
+            v3,
+            "-f",
+        ])
         .arg(ctx.path().join("Containerfile"))
         .arg(ctx.path()))
-    .with_context(|| format!("Building {V3} from {V2}"))?;
-    println!("built {V3} from {V2} in {:.1?}", start.elapsed());
+    .with_context(|| format!("Building {v3} from {v2}"))?;
+    println!("built {v3} from {v2} in {:.1?}", start.elapsed());
     Ok(())
 }
 
@@ -200,6 +274,8 @@ struct Digests {
     v2_registry: String,
     /// v3 in the OCI layout on the test disk.
     v3_oci: String,
+    /// v1 in the OCI layout on the test disk.
+    v1_oci: String,
 }
 
 struct Lifecycle {
@@ -225,9 +301,9 @@ impl Lifecycle {
                 "to-disk",
                 "--via-loopback",
                 "--source-imgref",
-                &format!("containers-storage:{V1}"),
+                &format!("containers-storage:{}", v1()),
                 "--bootloader",
-                "grub",
+                firmware().1,
                 "--karg",
                 "bootc.test.poweroff=1",
             ])
@@ -246,16 +322,25 @@ impl Lifecycle {
             .env("CONTAINERS_POLICY_JSON", ctx.bootc.policy_json())
             .stdin(Stdio::null());
         run(&mut c).context("Installing v1 (install side)")?;
-        println!("install v1 to-disk (grub): {:.1?}", start.elapsed());
+        println!(
+            "install v1 to-disk ({}): {:.1?}",
+            firmware().1,
+            start.elapsed()
+        );
 
-        let out =
-            run(Command::new("podman").args(["image", "inspect", "--format", "{{.Digest}}", V1]))?;
+        let out = run(Command::new("podman").args([
+            "image",
+            "inspect",
+            "--format",
+            "{{.Digest}}",
+            v1(),
+        ]))?;
         let v1_storage = String::from_utf8_lossy(&out.stdout).trim().to_owned();
 
         let dir = work.join("testdisk");
         fs::create_dir(&dir)?;
         let start = Instant::now();
-        for (img, name) in [(V2, "v2"), (V3, "v3")] {
+        for (img, name) in [(v1(), "v1"), (v2(), "v2"), (v3(), "v3")] {
             run(Command::new("skopeo").args([
                 "copy",
                 "--quiet",
@@ -266,6 +351,7 @@ impl Lifecycle {
         }
         let v2_oci = oci_digest(&dir.join("v2"))?;
         let v3_oci = oci_digest(&dir.join("v3"))?;
+        let v1_oci = oci_digest(&dir.join("v1"))?;
         fs::write(dir.join("step.sh"), "echo no step yet\n")?;
         let testdisk = work.join("bootctest.ext4");
         vm::make_ext4_image(&dir, "BOOTCTEST", &testdisk)?;
@@ -277,7 +363,7 @@ impl Lifecycle {
         run(Command::new("skopeo")
             .args(["copy", "--quiet", "--dest-tls-verify=false", "--digestfile"])
             .arg(&digestfile)
-            .arg(format!("containers-storage:{V2}"))
+            .arg(format!("containers-storage:{}", v2()))
             .arg(format!("docker://{registry_ref}")))
         .context("Pushing v2 to the local registry")?;
         let v2_registry = fs::read_to_string(&digestfile)?.trim().to_owned();
@@ -290,6 +376,7 @@ impl Lifecycle {
                 v2_oci,
                 v2_registry,
                 v3_oci,
+                v1_oci,
             },
             boots: 0,
         })
@@ -318,7 +405,7 @@ impl Lifecycle {
         self.set_step(step)?;
         self.boots += 1;
         let mut vm = Vm::builder()
-            .firmware(Firmware::Bios)
+            .firmware(firmware().0)
             .disk(&self.disk)
             .disk(&self.testdisk)
             .build()?;
@@ -331,6 +418,38 @@ impl Lifecycle {
             r.end
         );
         Ok(r)
+    }
+
+    /// Boot with a step that ends in `bootc switch --apply`: the step's
+    /// `systemctl` wrapper prints `BOOTC-APPLY-REBOOT` when bootc asks for
+    /// the reboot; qemu (`-no-reboot`) then exits by itself. Checks that it
+    /// was that reboot, not the test's power-off.
+    fn boot_step_apply(&mut self, name: &str, step: &str) -> Result<(Run, Step)> {
+        let r = self.boot(name, step, "BOOTC-APPLY-REBOOT", SHUTDOWN_GRACE)?;
+        let s = Step::parse(&r).with_context(|| report(&r, None))?;
+        let log = vm::tail_lines(&r.log, usize::MAX);
+        ensure!(
+            r.matched(),
+            "bootc switch --apply did not ask systemctl to reboot in {name}\n{}",
+            report(&r, Some(&s))
+        );
+        ensure!(
+            r.exited_cleanly(),
+            "the guest did not reboot after {name} ({:?}): shutdown/finalize hung?\n{}",
+            r.end,
+            report(&r, Some(&s))
+        );
+        ensure!(
+            log.contains("reboot: Restarting system") && !log.contains("reboot: Power down"),
+            "the guest did not end {name} with a reboot (kernel message)\n{}",
+            report(&r, Some(&s))
+        );
+        ensure!(
+            !log.contains("BOOTC-POWEROFF"),
+            "the test's power-off unit ran in {name}: the reboot did not come from --apply\n{}",
+            report(&r, Some(&s))
+        );
+        Ok((r, s))
     }
 
     /// Boot, run the step to its end and power off (finalizing anything staged).
@@ -354,11 +473,12 @@ impl Lifecycle {
 
     fn run_all(&mut self, ctx: &Ctx) -> Result<()> {
         let d = &self.digests;
-        let (v1_storage, v2_oci, v2_registry, v3_oci) = (
+        let (v1_storage, v2_oci, v2_registry, v3_oci, v1_oci) = (
             d.v1_storage.clone(),
             d.v2_oci.clone(),
             d.v2_registry.clone(),
             d.v3_oci.clone(),
+            d.v1_oci.clone(),
         );
 
         // BOOTC_LIFECYCLE_START=offline skips steps 1-3 (a debugging aid: the
@@ -369,40 +489,61 @@ impl Lifecycle {
         } else {
             println!("BOOTC_LIFECYCLE_START=offline: skipping steps 1-3");
         }
-        self.offline_and_kill(ctx, full, &v1_storage, &v2_registry, &v3_oci)
+        self.offline_and_kill(ctx, full, &v1_storage, &v2_registry, &v3_oci, &v1_oci)
     }
 
     /// Steps 1-3: local changes on v1, switch to v2, roll back.
     fn guest_switch_and_rollback(&mut self, v1_storage: &str, v2_oci: &str) -> Result<()> {
         let (v1_storage, v2_oci) = (v1_storage.to_owned(), v2_oci.to_owned());
-        // 1. v1 booted: local /etc and /var changes, switch to v2 (OCI layout).
-        let (r, s) = self.boot_step(
-            "1: v1, local changes, switch to v2",
+        // 1. v1 booted: local /etc and /var changes, switch to v2 (OCI
+        // layout) with --apply. A persistent journal for step 6.
+        let (r, s) = self.boot_step_apply(
+            "1: v1, local changes, switch --apply to v2",
             r#"J before bootc status --format json
 V variant cat /usr/share/bootc-example/variant
 V cmdline cat /proc/cmdline
+mkdir -p /var/log/journal && systemd-tmpfiles --create --prefix /var/log/journal && journalctl --flush
 echo 'variant = local edit' > /etc/bootc-example.conf
 echo 'added locally' > /etc/local-added
 rm /etc/bootc-example-removable.conf
 mkdir -p /var/lib/mydata && echo precious > /var/lib/mydata/data
 sync
-R switch bootc switch --transport oci /run/bootctest/v2:v2
-J staged bootc status --format json
-# Made after staging: the merge at shutdown must still see it.
-echo 'after staging' > /etc/local-after-staging
-sync
+# bootc reboots through `systemctl reboot`: this wrapper runs first, with
+# the deployment staged and nothing finalized yet.
+mkdir -p /run/apply-shim
+cat > /run/apply-shim/systemctl <<'SHIM'
+#!/bin/bash
+if [ "${1:-}" = reboot ]; then
+    echo "@@VAL rebooter=$(tr '\0' ' ' < /proc/$PPID/cmdline)"
+    J staged bootc status --format json
+    # Made after staging: the merge at shutdown must still see it.
+    echo 'after staging' > /etc/local-after-staging
+    sync
+    echo BOOTC-STEP-END
+    echo BOOTC-APPLY-REBOOT
+fi
+exec /usr/bin/systemctl "$@"
+SHIM
+chmod +x /run/apply-shim/systemctl
+export -f J
+PATH=/run/apply-shim:$PATH bootc switch --apply --transport oci /run/bootctest/v2:v2
+echo "@@RC switch=$?"
 "#,
         )?;
         let ctx1 = || report(&r, Some(&s));
         (|| -> Result<()> {
             let before = s.json("before")?;
-            expect_booted(&before, "containers-storage", Some(V1), &v1_storage)?;
+            expect_booted(&before, "containers-storage", Some(v1()), &v1_storage)?;
             s.expect_val("variant", "v1")?;
             expect_karg(&s, "bootc.example=v1", true)?;
-            s.expect_rc("switch", 0)?;
+            let rebooter = s.val("rebooter").unwrap_or_default();
+            ensure!(
+                rebooter.contains("bootc switch --apply"),
+                "systemctl reboot was called by {rebooter:?}, not bootc switch --apply"
+            );
             let st = s.json("staged")?;
             expect_entry(&st, "staged", "oci", "/run/bootctest/v2:v2", &v2_oci)?;
-            expect_booted(&st, "containers-storage", Some(V1), &v1_storage)?;
+            expect_booted(&st, "containers-storage", Some(v1()), &v1_storage)?;
             ensure!(
                 st["spec"]["image"]["image"] == "/run/bootctest/v2:v2",
                 "spec.image after switch is {}, not the OCI layout",
@@ -427,6 +568,7 @@ V v2only cat /etc/bootc-example-v2-only.conf
 V defaults cat /etc/bootc-example-defaults.conf
 V mydata cat /var/lib/mydata/data
 V tree sh -c 'command -v tree || echo missing'
+V bootdirs boot_dirs
 echo 'edited in v2' > /etc/v2-local
 echo 'written by v2' > /var/lib/mydata/from-v2
 sync
@@ -437,7 +579,7 @@ J queued bootc status --format json
         (|| -> Result<()> {
             let st = s.json("status")?;
             expect_booted(&st, "oci", Some("/run/bootctest/v2:v2"), &v2_oci)?;
-            expect_entry(&st, "rollback", "containers-storage", V1, &v1_storage)?;
+            expect_entry(&st, "rollback", "containers-storage", v1(), &v1_storage)?;
             ensure!(
                 st["status"]["staged"].is_null(),
                 "status.staged after finalize: {}",
@@ -455,6 +597,16 @@ J queued bootc status --format json
             s.expect_val("defaults", "defaults of v2")?;
             s.expect_val("mydata", "precious")?;
             s.expect_val("tree", "/usr/bin/tree")?;
+            // v1 and v2 have the same kernel: one shared boot directory.
+            let digest = &st["status"]["booted"]["composefs"]["bootDigest"];
+            ensure!(
+                digest.as_str().is_some_and(|d| d.len() == 64)
+                    && *digest == st["status"]["rollback"]["composefs"]["bootDigest"],
+                "booted and rollback bootDigest differ or are missing: {} / {}",
+                digest,
+                st["status"]["rollback"]["composefs"]["bootDigest"]
+            );
+            s.expect_val("bootdirs", digest.as_str().unwrap_or_default())?;
             s.expect_rc("rollback", 0)?;
             let q = s.json("queued")?;
             expect_booted(&q, "oci", Some("/run/bootctest/v2:v2"), &v2_oci)?;
@@ -488,7 +640,7 @@ V tree sh -c 'command -v tree || echo missing'
         )?;
         (|| -> Result<()> {
             let st = s.json("status")?;
-            expect_booted(&st, "containers-storage", Some(V1), &v1_storage)?;
+            expect_booted(&st, "containers-storage", Some(v1()), &v1_storage)?;
             expect_entry(&st, "rollback", "oci", "/run/bootctest/v2:v2", &v2_oci)?;
             s.expect_val("variant", "v1")?;
             expect_karg(&s, "bootc.example=v1", true)?;
@@ -511,7 +663,8 @@ V tree sh -c 'command -v tree || echo missing'
         Ok(())
     }
 
-    /// Steps 4-5: offline switch from the registry; kill while staging.
+    /// Steps 4-6: offline switch from the registry; kill while staging; a
+    /// failed finalization.
     fn offline_and_kill(
         &mut self,
         ctx: &Ctx,
@@ -519,6 +672,7 @@ V tree sh -c 'command -v tree || echo missing'
         v1_storage: &str,
         v2_registry: &str,
         v3_oci: &str,
+        v1_oci: &str,
     ) -> Result<()> {
         let (v1_storage, v2_registry, v3_oci) = (
             v1_storage.to_owned(),
@@ -560,7 +714,7 @@ echo BOOTC-STAGING-DONE
         (|| -> Result<()> {
             let st = s.json("status")?;
             expect_booted(&st, "registry", Some(&reg), &v2_registry)?;
-            expect_entry(&st, "rollback", "containers-storage", V1, &v1_storage)?;
+            expect_entry(&st, "rollback", "containers-storage", v1(), &v1_storage)?;
             s.expect_val("variant", "v2")?;
             expect_karg(&s, "bootc.example=v2", true)?;
             s.expect_val("conf", conf)?;
@@ -619,14 +773,25 @@ J staged bootc status --format json
         .with_context(|| report(&r, Some(&s)))
         .context("step 5 (after the kill)")?;
 
-        // 5 (end): the new staging was finalized and boots.
+        // 5 (end): the new staging was finalized and boots. 6 (first
+        // half): stage v1, take the staged deployment's EROFS image out of
+        // the store, power off: the finalization at shutdown fails.
         let (r, s) = self.boot_step(
-            "5: the re-staged v3 boots",
+            "5+6: the re-staged v3 boots; stage v1 and break it",
             r#"J status bootc status --format json
 V variant cat /usr/share/bootc-example/variant
 V conf cat /etc/bootc-example.conf
 V bulk sh -c 'ls /usr/share/bootc-bulk | wc -l'
 V bulkread sh -c 'cat /usr/share/bootc-bulk/* | wc -c'
+V bootdirs boot_dirs
+R stage1 bootc switch --transport oci /run/bootctest/v1:v1
+J staged1 bootc status --format json
+id=$(sed -n 's/.*"id": *"\([0-9a-f]*\)".*/\1/p' /sysroot/state/staged.json)
+V brokenid echo "$id"
+V imagebefore exists "/sysroot/composefs/images/$id"
+rm -f "/sysroot/composefs/images/$id"
+V imageafter exists "/sysroot/composefs/images/$id"
+sync
 "#,
         )?;
         (|| -> Result<()> {
@@ -636,17 +801,77 @@ V bulkread sh -c 'cat /usr/share/bootc-bulk/* | wc -c'
             s.expect_val("variant", "v3")?;
             let files = V3_BULK_MIB / V3_BULK_FILE_MIB;
             s.expect_val("bulk", &files.to_string())?;
-            s.expect_val(
-                "bulkread",
-                &(u64::from(V3_BULK_MIB) << 20).to_string(),
-            )?;
+            s.expect_val("bulkread", &(u64::from(V3_BULK_MIB) << 20).to_string())?;
             if full {
                 s.expect_val("conf", "variant = local edit")?;
             }
+            let digest = st["status"]["booted"]["composefs"]["bootDigest"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
+            s.expect_val("bootdirs", &digest)?;
             Ok(())
         })()
         .with_context(|| report(&r, Some(&s)))
         .context("step 5 (the deployment staged after the kill boots)")?;
+        let broken = (|| -> Result<String> {
+            s.expect_rc("stage1", 0)?;
+            let st = s.json("staged1")?;
+            expect_entry(&st, "staged", "oci", "/run/bootctest/v1:v1", v1_oci)?;
+            let id = s.val("brokenid").unwrap_or_default();
+            ensure!(
+                st["status"]["staged"]["composefs"]["verity"] == id.as_str(),
+                "staged.json names {id:?}, status.staged is {}",
+                st["status"]["staged"]["composefs"]["verity"]
+            );
+            s.expect_val("imagebefore", "present")?;
+            s.expect_val("imageafter", "absent")?;
+            let log = vm::tail_lines(&r.log, usize::MAX);
+            ensure!(
+                log.contains(&format!("finalizing staged deployment {id} failed")),
+                "no finalization failure for {id} on the console at shutdown"
+            );
+            Ok(id)
+        })()
+        .with_context(|| report(&r, Some(&s)))
+        .context("step 6 (stage v1, break its image)")?;
+
+        // 6. The finalization failed: v3, the old default, boots again; the
+        // failure is in the previous boot's journal of the unit.
+        let (r, s) = self.boot_step(
+            "6: after the failed finalization",
+            r#"J status bootc status --format json
+V variant cat /usr/share/bootc-example/variant
+R journal journalctl -b -1 -u bootc-finalize-staged.service --no-pager -o cat
+"#,
+        )?;
+        (|| -> Result<()> {
+            let st = s.json("status")?;
+            expect_booted(&st, "oci", Some("/run/bootctest/v3:v3"), &v3_oci)?;
+            expect_entry(&st, "rollback", "registry", &reg, &v2_registry)?;
+            ensure!(
+                st["status"]["staged"].is_null(),
+                "the staged deployment whose finalization failed is still staged: {}",
+                st["status"]["staged"]
+            );
+            s.expect_val("variant", "v3")?;
+            s.expect_rc("journal", 0)?;
+            let journal = s.out("journal");
+            for want in [
+                format!(
+                    "finalizing staged deployment {broken} failed; the previous default still boots"
+                ),
+                format!("dropped the staged deployment {broken}"),
+            ] {
+                ensure!(
+                    journal.contains(&want),
+                    "`journalctl -b -1 -u bootc-finalize-staged.service` lacks {want:?}:\n{journal}"
+                );
+            }
+            Ok(())
+        })()
+        .with_context(|| report(&r, Some(&s)))
+        .context("step 6 (after the failed finalization)")?;
         Ok(())
     }
 
@@ -842,6 +1067,16 @@ impl Step {
             );
         }
         Ok(())
+    }
+
+    /// The output lines of `R label`, joined with newlines.
+    fn out(&self, label: &str) -> String {
+        let p = format!("@@OUT {label}: ");
+        self.text
+            .lines()
+            .filter_map(|l| l.strip_prefix(&p))
+            .collect::<Vec<_>>()
+            .join("\n")
     }
 
     pub(crate) fn val(&self, key: &str) -> Option<String> {

@@ -253,7 +253,7 @@ impl Host {
 mkdir -p /etc/bootc && printf '[boot]\ntries = 1\n' > /etc/bootc/boot.toml
 R download bootc switch --download-only --transport oci {unhealthy_ref}
 J staged bootc status --format json
-R human bootc status --verbose
+R human bootc status --format humanreadable --verbose
 "#
             ),
         )?;
@@ -343,7 +343,7 @@ sleep 600
             "4: fell back to v2; switch to v4",
             &format!(
                 r#"J status bootc status --format json
-R human bootc status
+R human bootc status --format humanreadable
 echo BOOTC-APPLYING
 bootc switch --transport oci --apply {v4_ref}
 echo "BOOTC-APPLY-RETURNED rc=$?"
