@@ -308,6 +308,7 @@ pub fn deploy(
         imgref,
         stateroot: stateroot.clone(),
         kargs: kargs.clone(),
+        kargs_sources: Default::default(),
         bootloader: bootloaders.first().copied().unwrap_or(Bootloader::None),
         kernel: kernel.clone(),
     };

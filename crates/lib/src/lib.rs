@@ -7,12 +7,16 @@
 //! - [`upgrade`]: `bootc upgrade|switch|rollback`, `bootc internals finalize-staged`.
 //! - [`edit`]: `bootc edit`.
 //! - [`deployments`]: reading deployments by role; `bootc pin`.
+//! - [`loader_entries`]: `bootc loader-entries set-options-for-source`.
+//! - [`usr_overlay`]: `bootc usr-overlay`, and the `/usr` overlay status.
 
 pub mod cli;
 pub mod deployments;
 pub mod edit;
 pub mod image;
 pub mod install;
+pub mod loader_entries;
 pub mod progress;
 pub mod status;
 pub mod upgrade;
+pub mod usr_overlay;

@@ -147,7 +147,7 @@ impl Target {
 }
 
 /// The deployments in boot order (default first), with their entries.
-fn current_order(t: &Target) -> Result<Vec<(String, BlsEntry)>> {
+pub(crate) fn current_order(t: &Target) -> Result<Vec<(String, BlsEntry)>> {
     Ok(boot_order(read_entries(&t.boot_dir())?)
         .into_iter()
         .filter_map(|(_, e)| Some((e.deployment_id()?, e)))
@@ -155,7 +155,7 @@ fn current_order(t: &Target) -> Result<Vec<(String, BlsEntry)>> {
 }
 
 /// The deployment updates start from: the booted one, or offline the default.
-fn base_deployment(t: &Target, order: &[(String, BlsEntry)]) -> Result<Deployment> {
+pub(crate) fn base_deployment(t: &Target, order: &[(String, BlsEntry)]) -> Result<Deployment> {
     let id = match &t.booted {
         Some(id) => id.clone(),
         None => order
@@ -201,7 +201,7 @@ fn parse_digest(d: &str) -> Result<OciDigest> {
 }
 
 /// The stored image of deployment `id`.
-fn deployment_image(store: &Store, id: &str) -> Result<StoredImage> {
+pub(crate) fn deployment_image(store: &Store, id: &str) -> Result<StoredImage> {
     store
         .get(&lifecycle::deployment_tag(id))?
         .with_context(|| format!("The image of deployment {id} is not in the store"))
@@ -264,7 +264,7 @@ fn fd_path(f: &std::fs::File) -> PathBuf {
 /// Make `entries` what boots: the bootloader's copy first (grub.cfg or the
 /// ESP), then `/boot/loader/entries` that status and rollback read; each is
 /// one atomic replacement.
-fn publish_entries(
+pub(crate) fn publish_entries(
     t: &Target,
     bootloader: Bootloader,
     entries: &[(String, BlsEntry)],
@@ -408,11 +408,14 @@ async fn stage(t: &Target, store: &Store, req: &StageRequest) -> Result<StageOut
     let old_kd = bootc_install::config::load_kargs(&base_mount)?;
     let new_kd = bootc_install::config::load_kargs(&new_mount)?;
     drop(base_mount);
-    let kargs = lifecycle::update_kargs(&base.kargs, &old_kd, &new_kd, &id);
+    // kargs.d changes apply to the arguments no source owns; the sources'
+    // (`bootc loader-entries set-options-for-source`) carry over as they are.
+    let kargs = lifecycle::carry_kargs(&base.kargs, &base.kargs_sources, &old_kd, &new_kd, &id);
     let new = NewDeployment {
         imgref: new_ref,
         stateroot: base.stateroot.clone(),
         kargs,
+        kargs_sources: base.kargs_sources.clone(),
         bootloader: base.bootloader,
         kernel: new_mount.find_kernel()?,
     };
@@ -456,6 +459,7 @@ fn reuse_deployment(
     let dep = Deployment {
         image: new.imgref.clone(),
         kargs: new.kargs.clone(),
+        kargs_sources: new.kargs_sources.clone(),
         created: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
         ..old
     };
