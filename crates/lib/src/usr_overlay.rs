@@ -89,10 +89,15 @@ fn parse_mountinfo_line(line: &str) -> Option<MountInfo> {
 /// per-mount options say `ro`; it is transient when its upper directory is
 /// under `/run` (a tmpfs) or it has none, persistent otherwise.
 pub fn parse_usr_overlay(mountinfo: &str) -> Option<FilesystemOverlay> {
+    parse_overlay_at(mountinfo, USR)
+}
+
+/// [`parse_usr_overlay`] for any mount point.
+fn parse_overlay_at(mountinfo: &str, mount_point: &str) -> Option<FilesystemOverlay> {
     let usr: Vec<MountInfo> = mountinfo
         .lines()
         .filter_map(parse_mountinfo_line)
-        .filter(|m| m.mount_point == USR)
+        .filter(|m| m.mount_point == mount_point)
         .collect();
     let top = usr
         .iter()
@@ -130,10 +135,10 @@ pub fn current() -> Result<Option<FilesystemOverlay>> {
     Ok(parse_usr_overlay(&text))
 }
 
-/// The overlayfs mount options: `/usr` as the lower layer, and the upper and
-/// work directories in `dir`.
-pub fn overlay_options(dir: &str) -> String {
-    format!("lowerdir={USR},upperdir={dir}/upper,workdir={dir}/work")
+/// The overlayfs mount options: `lower` (`/usr`) as the lower layer, and the
+/// upper and work directories in `dir`.
+pub fn overlay_options(lower: &str, dir: &str) -> String {
+    format!("lowerdir={lower},upperdir={dir}/upper,workdir={dir}/work")
 }
 
 /// `bootc usr-overlay`.
@@ -155,15 +160,16 @@ pub fn run(sysroot: &Path, args: &UsrOverlayArgs) -> Result<()> {
     } else {
         FilesystemOverlayAccessMode::ReadWrite
     };
-    mount_overlay(Path::new(OVERLAY_DIR), access)?;
+    mount_overlay(Path::new(OVERLAY_DIR), Path::new(USR), access)?;
     println!(
         "A transient {access} overlay is now mounted on /usr; all changes there are discarded at reboot"
     );
     Ok(())
 }
 
-/// Steps 2 and 3 of the module flow.
-fn mount_overlay(dir: &Path, access: FilesystemOverlayAccessMode) -> Result<()> {
+/// Steps 2 and 3 of the module flow: a tmpfs at `dir`, an overlay on
+/// `target` (`/usr`) with `target` as its lower layer.
+fn mount_overlay(dir: &Path, target: &Path, access: FilesystemOverlayAccessMode) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("Creating {}", dir.display()))?;
     rustix::mount::mount(
         "bootc-usr-overlay",
@@ -174,7 +180,8 @@ fn mount_overlay(dir: &Path, access: FilesystemOverlayAccessMode) -> Result<()> 
     )
     .with_context(|| format!("Mounting a tmpfs at {}", dir.display()))?;
     let r = (|| -> Result<()> {
-        let usr = std::fs::metadata(USR).with_context(|| format!("Reading {USR}"))?;
+        let usr =
+            std::fs::metadata(target).with_context(|| format!("Reading {}", target.display()))?;
         let upper = dir.join("upper");
         let work = dir.join("work");
         for d in [&upper, &work] {
@@ -188,18 +195,31 @@ fn mount_overlay(dir: &Path, access: FilesystemOverlayAccessMode) -> Result<()> 
         .with_context(|| format!("Setting the owner of {}", upper.display()))?;
         rustix::fs::chmod(&upper, rustix::fs::Mode::from_raw_mode(usr.mode() & 0o7777))
             .with_context(|| format!("Setting the mode of {}", upper.display()))?;
-        let dir_s = dir.to_str().context("The overlay directory is not UTF-8")?;
-        let data = CString::new(overlay_options(dir_s)).context("Overlay options")?;
-        rustix::mount::mount("overlay", USR, "overlay", MountFlags::empty(), Some(&*data))
-            .with_context(|| format!("Mounting an overlay on {USR}"))?;
+        let utf8 = |p: &Path| {
+            p.to_str()
+                .with_context(|| format!("{} is not UTF-8", p.display()))
+                .map(str::to_owned)
+        };
+        let data = CString::new(overlay_options(&utf8(target)?, &utf8(dir)?))
+            .context("Overlay options")?;
+        rustix::mount::mount(
+            "overlay",
+            target,
+            "overlay",
+            MountFlags::empty(),
+            Some(&*data),
+        )
+        .with_context(|| format!("Mounting an overlay on {}", target.display()))?;
         if access == FilesystemOverlayAccessMode::ReadOnly {
             // Read-only mount, read/write filesystem: a private namespace
             // can still remount its copy read/write.
             if let Err(e) =
-                rustix::mount::mount_remount(USR, MountFlags::BIND | MountFlags::RDONLY, "")
+                rustix::mount::mount_remount(target, MountFlags::BIND | MountFlags::RDONLY, "")
             {
-                let _ = rustix::mount::unmount(USR, UnmountFlags::DETACH);
-                return Err(e).with_context(|| format!("Making the overlay on {USR} read-only"));
+                let _ = rustix::mount::unmount(target, UnmountFlags::DETACH);
+                return Err(e).with_context(|| {
+                    format!("Making the overlay on {} read-only", target.display())
+                });
             }
         }
         Ok(())
@@ -291,8 +311,59 @@ mod tests {
     #[test]
     fn options() {
         assert_eq!(
-            overlay_options(OVERLAY_DIR),
+            overlay_options(USR, OVERLAY_DIR),
             "lowerdir=/usr,upperdir=/run/bootc/usr-overlay/upper,workdir=/run/bootc/usr-overlay/work"
         );
+    }
+
+    /// The mount itself, on a scratch directory instead of /usr (root only;
+    /// this host's /usr is never touched): writes land in the tmpfs upper
+    /// layer, not in the lower directory; `--read-only` refuses writes;
+    /// mountinfo shows the overlay with its access mode.
+    #[test]
+    fn mounts_an_overlay_on_a_scratch_dir() {
+        if !rustix::process::getuid().is_root() {
+            eprintln!("skipped: needs root");
+            return;
+        }
+        let base = Path::new("/var/tmp");
+        for access in [
+            FilesystemOverlayAccessMode::ReadWrite,
+            FilesystemOverlayAccessMode::ReadOnly,
+        ] {
+            let td = tempfile::Builder::new()
+                .prefix("kargs-usr-overlay-")
+                .tempdir_in(base)
+                .unwrap();
+            let lower = td.path().join("lower");
+            let ovl = td.path().join("ovl");
+            std::fs::create_dir(&lower).unwrap();
+            std::fs::write(lower.join("a"), "lower\n").unwrap();
+            mount_overlay(&ovl, &lower, access).unwrap();
+            let wrote = std::fs::write(lower.join("b"), "new\n");
+            let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+            let seen = parse_overlay_at(&mountinfo, lower.to_str().unwrap());
+            let a = std::fs::read_to_string(lower.join("a")).unwrap();
+            rustix::mount::unmount(&lower, UnmountFlags::DETACH).unwrap();
+            let in_upper = ovl.join("upper/b").exists();
+            rustix::mount::unmount(&ovl, UnmountFlags::DETACH).unwrap();
+            assert_eq!(a, "lower\n");
+            assert_eq!(seen.map(|o| o.access_mode), Some(access), "{mountinfo}");
+            match access {
+                FilesystemOverlayAccessMode::ReadWrite => {
+                    wrote.unwrap();
+                    assert!(in_upper);
+                }
+                FilesystemOverlayAccessMode::ReadOnly => {
+                    let e = wrote.unwrap_err();
+                    assert_eq!(
+                        e.raw_os_error(),
+                        Some(rustix::io::Errno::ROFS.raw_os_error())
+                    );
+                }
+            }
+            // The lower directory itself never changed.
+            assert!(!lower.join("b").exists());
+        }
     }
 }
