@@ -201,7 +201,7 @@ fn parse_digest(d: &str) -> Result<OciDigest> {
 }
 
 /// The stored image of deployment `id`.
-pub(crate) fn deployment_image(store: &Store, id: &str) -> Result<StoredImage> {
+fn deployment_image(store: &Store, id: &str) -> Result<StoredImage> {
     store
         .get(&lifecycle::deployment_tag(id))?
         .with_context(|| format!("The image of deployment {id} is not in the store"))
