@@ -308,6 +308,7 @@ pub fn deploy(
         imgref,
         stateroot: stateroot.clone(),
         kargs: kargs.clone(),
+        kargs_sources: Default::default(),
         bootloader: bootloaders.first().copied().unwrap_or(Bootloader::None),
         boot_digest: bootc_sysroot::deployment::boot_digest(tree, &kernel)?,
         kernel: kernel.clone(),

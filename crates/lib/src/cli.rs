@@ -43,6 +43,13 @@ pub enum Command {
     Edit(crate::edit::EditArgs),
     /// Pin a deployment so pruning never removes it (or unpin it).
     Pin(crate::deployments::PinArgs),
+    /// Operations on the boot loader entries: kernel arguments owned by a
+    /// named source.
+    #[command(subcommand)]
+    LoaderEntries(crate::loader_entries::LoaderEntriesCommand),
+    /// Mount a transient writable overlay on /usr, discarded at reboot.
+    #[command(alias = "usroverlay")]
+    UsrOverlay(crate::usr_overlay::UsrOverlayArgs),
     /// Internal operations, not a stable interface.
     #[command(subcommand, hide = true)]
     Internals(InternalsCommand),
@@ -162,6 +169,8 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Rollback(args) => crate::upgrade::rollback(&cli.sysroot, args),
         Command::Edit(args) => crate::edit::run(&cli.sysroot, args).await,
         Command::Pin(args) => crate::deployments::pin(&cli.sysroot, args),
+        Command::LoaderEntries(cmd) => crate::loader_entries::run(&cli.sysroot, cmd),
+        Command::UsrOverlay(args) => crate::usr_overlay::run(&cli.sysroot, &args),
         Command::Internals(InternalsCommand::FinalizeStaged) => {
             crate::upgrade::finalize_staged(&cli.sysroot)
         }
@@ -262,6 +271,55 @@ mod tests {
             cli.command,
             Command::Internals(InternalsCommand::FinalizeStaged)
         ));
+    }
+
+    #[test]
+    fn parses_loader_entries_and_usr_overlay() {
+        use crate::loader_entries::LoaderEntriesCommand;
+        let cli = Cli::try_parse_from([
+            "bootc",
+            "loader-entries",
+            "set-options-for-source",
+            "--source",
+            "tuned",
+            "--options",
+            "isolcpus=1-3 nohz=full",
+        ])
+        .unwrap();
+        let Command::LoaderEntries(LoaderEntriesCommand::SetOptionsForSource(a)) = cli.command
+        else {
+            panic!("not set-options-for-source")
+        };
+        assert_eq!(
+            (a.source.as_str(), a.options.as_deref()),
+            ("tuned", Some("isolcpus=1-3 nohz=full"))
+        );
+        let cli = Cli::try_parse_from([
+            "bootc",
+            "loader-entries",
+            "set-options-for-source",
+            "--source",
+            "tuned",
+        ])
+        .unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::LoaderEntries(LoaderEntriesCommand::SetOptionsForSource(a)) if a.options.is_none()
+        ));
+        assert!(
+            Cli::try_parse_from(["bootc", "loader-entries", "set-options-for-source"]).is_err()
+        );
+        for (argv, ro) in [
+            (&["bootc", "usr-overlay"][..], false),
+            (&["bootc", "usroverlay"], false),
+            (&["bootc", "usr-overlay", "--read-only"], true),
+        ] {
+            let cli = Cli::try_parse_from(argv).unwrap();
+            assert!(
+                matches!(cli.command, Command::UsrOverlay(a) if a.read_only == ro),
+                "{argv:?}"
+            );
+        }
     }
 
     #[test]

@@ -8,6 +8,8 @@
 //! - [`edit`]: `bootc edit`.
 //! - [`deployments`]: reading deployments by role; `bootc pin`.
 //! - [`bootcount`]: automatic rollback (boot trials), `bootc internals boot-check`.
+//! - [`loader_entries`]: `bootc loader-entries set-options-for-source`.
+//! - [`usr_overlay`]: `bootc usr-overlay`, and the `/usr` overlay status.
 
 pub mod bootcount;
 pub mod cli;
@@ -15,6 +17,8 @@ pub mod deployments;
 pub mod edit;
 pub mod image;
 pub mod install;
+pub mod loader_entries;
 pub mod progress;
 pub mod status;
 pub mod upgrade;
+pub mod usr_overlay;

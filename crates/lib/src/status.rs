@@ -191,6 +191,9 @@ pub fn render_human(host: &Host, verbose: bool) -> String {
         out.push('\n');
         render_entry(&mut out, false, "Other image", entry, verbose);
     }
+    if let Some(o) = &host.status.usr_overlay {
+        out.push_str(&format!("\n/usr overlay: {o}\n"));
+    }
     if host.status.booted.is_none() && host.status.staged.is_none() {
         out.push_str("System is not deployed via bootc.\n");
     }
@@ -295,6 +298,13 @@ pub fn run(sysroot: &Path, args: StatusArgs) -> Result<()> {
         bail!("The booted deployment {id} is not in {}", root.display());
     }
     let mut host = build_host(&state, booted.as_deref());
+    if booted.is_some() {
+        // Only the running system has a /usr to overlay.
+        host.status.usr_overlay = crate::usr_overlay::current().unwrap_or_else(|e| {
+            tracing::warn!("cannot tell whether /usr has an overlay: {e:#}");
+            None
+        });
+    }
     if args.booted {
         host.filter_to_slot(Slot::Booted);
     }
@@ -441,6 +451,15 @@ No rollback image is present
             "{verbose}"
         );
         assert!(verbose.contains("Bootloader: grub"), "{verbose}");
+        let mut host = host;
+        host.status.usr_overlay = crate::usr_overlay::parse_usr_overlay(include_str!(
+            "fixtures/mountinfo-usr-overlay-rw.txt"
+        ));
+        let human = render_human(&host, false);
+        assert!(
+            human.ends_with("\n/usr overlay: transient, read/write\n"),
+            "{human}"
+        );
     }
 
     /// What `status --format json` prints validates against host-v1.
@@ -470,7 +489,20 @@ No rollback image is present
                 },
                 Some(&view("b", "v2").id),
             ),
-        ] {
+        ]
+        .into_iter()
+        .chain(
+            [
+                include_str!("fixtures/mountinfo-usr-overlay-rw.txt"),
+                include_str!("fixtures/mountinfo-usr-overlay-ro.txt"),
+            ]
+            .map(|mountinfo| {
+                let mut host = build_host(&state(&[view("b", "v2")]), Some(&view("b", "v2").id));
+                host.status.usr_overlay = crate::usr_overlay::parse_usr_overlay(mountinfo);
+                assert!(host.status.usr_overlay.is_some());
+                host
+            }),
+        ) {
             let json = serde_json::to_value(&host).unwrap();
             let errors: Vec<String> = validator
                 .iter_errors(&json)

@@ -155,7 +155,7 @@ pub(crate) fn current_order(t: &Target) -> Result<Vec<(String, BlsEntry)>> {
 }
 
 /// The deployment updates start from: the booted one, or offline the default.
-fn base_deployment(t: &Target, order: &[(String, BlsEntry)]) -> Result<Deployment> {
+pub(crate) fn base_deployment(t: &Target, order: &[(String, BlsEntry)]) -> Result<Deployment> {
     let id = match &t.booted {
         Some(id) => id.clone(),
         None => order
@@ -475,12 +475,15 @@ async fn stage(t: &Target, store: &Store, req: &StageRequest) -> Result<StageOut
     let old_kd = bootc_install::config::load_kargs(&base_mount)?;
     let new_kd = bootc_install::config::load_kargs(&new_mount)?;
     drop(base_mount);
-    let kargs = lifecycle::update_kargs(&base.kargs, &old_kd, &new_kd, &id);
+    // kargs.d changes apply to the arguments no source owns; the sources'
+    // (`bootc loader-entries set-options-for-source`) carry over as they are.
+    let kargs = lifecycle::carry_kargs(&base.kargs, &base.kargs_sources, &old_kd, &new_kd, &id);
     let new_kernel = new_mount.find_kernel()?;
     let new = NewDeployment {
         imgref: new_ref,
         stateroot: base.stateroot.clone(),
         kargs,
+        kargs_sources: base.kargs_sources.clone(),
         bootloader: base.bootloader,
         boot_digest: deployment::boot_digest(&new_mount, &new_kernel)?,
         kernel: new_kernel,
@@ -526,6 +529,7 @@ fn reuse_deployment(
         image: new.imgref.clone(),
         kargs: new.kargs.clone(),
         boot_digest: Some(new.boot_digest.clone()),
+        kargs_sources: new.kargs_sources.clone(),
         created: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
         ..old
     };

@@ -1,6 +1,8 @@
 //! Unattended operation on a loop disk, offline (`--sysroot`): download-only
 //! staging and `--from-downloaded`, `upgrade --check` download cost, the
-//! free-space refusal, pinning through pruning, and `bootc edit -f`.
+//! free-space refusal, pinning through pruning, `bootc edit -f`, and kernel
+//! arguments owned by a source (`bootc loader-entries
+//! set-options-for-source`) carried through upgrades and a switch.
 //!
 //! Needs root, podman and the example image `localhost/bootc-example:latest`
 //! (built by examples/build.sh); skipped otherwise.
@@ -82,6 +84,42 @@ fn order(mnt: &Path) -> Vec<String> {
     v.into_iter().map(|(_, id)| id).collect()
 }
 
+/// The options of deployment `id`'s entry in /boot/loader/entries, as
+/// arguments.
+fn entry_options(mnt: &Path, id: &str) -> Vec<String> {
+    let needle = format!("composefs={id}");
+    for e in std::fs::read_dir(mnt.join("boot/loader/entries")).unwrap() {
+        let text = std::fs::read_to_string(e.unwrap().path()).unwrap();
+        if let Some(opts) = text.lines().find_map(|l| l.strip_prefix("options ")) {
+            let args: Vec<String> = opts.split_whitespace().map(str::to_owned).collect();
+            if args.contains(&needle) {
+                return args;
+            }
+        }
+    }
+    panic!("no entry for {id}")
+}
+
+fn strs(v: &[&str]) -> Vec<String> {
+    v.iter().map(|s| s.to_string()).collect()
+}
+
+/// Set source `name`'s options (`None`: no --options) on the disk at `sysroot`.
+fn set_source(sysroot: &str, name: &str, options: Option<&str>) {
+    let mut args = vec![
+        "loader-entries",
+        "set-options-for-source",
+        "--source",
+        name,
+        "--sysroot",
+        sysroot,
+    ];
+    if let Some(o) = options {
+        args.extend(["--options", o]);
+    }
+    bootc(&args);
+}
+
 fn host(mnt: &Path) -> bootc_spec::Host {
     let state = bootc_lib::deployments::load_state(mnt).unwrap();
     bootc_lib::status::build_host(&state, None)
@@ -119,7 +157,7 @@ fn offline_unattended_operation() {
     build(
         "v2",
         &v1_img,
-        "echo v2 > /usr/share/unattended-v2 && echo v2 > /etc/unattended.conf",
+        "echo v2 > /usr/share/unattended-v2 && echo v2 > /etc/unattended.conf && printf 'kargs = [\"unattended.v2=1\"]\\n' > /usr/lib/bootc/kargs.d/50-unattended.toml",
         td.path(),
     );
     build(
@@ -160,6 +198,66 @@ fn offline_unattended_operation() {
     let sysroot = mnt.to_str().unwrap();
     let v1 = order(&mnt)[0].clone();
 
+    // Kernel arguments owned by sources: set, a second source, replace;
+    // nobody else's arguments move.
+    let dep = |id: &str| {
+        bootc_sysroot::load_deployment(&mnt, id)
+            .unwrap()
+            .expect("deployment")
+    };
+    let installed = entry_options(&mnt, &v1);
+    assert!(
+        installed.contains(&"console=ttyS0,115200".to_owned()),
+        "{installed:?}"
+    );
+    set_source(sysroot, "tuned", Some("isolcpus=1-3 nohz=full"));
+    let with = |tail: &[&str]| [installed.clone(), strs(tail)].concat();
+    assert_eq!(
+        entry_options(&mnt, &v1),
+        with(&["isolcpus=1-3", "nohz=full"])
+    );
+    let grub = std::fs::read_to_string(mnt.join("boot/grub/grub.cfg")).unwrap();
+    assert!(grub.contains("isolcpus=1-3 nohz=full"), "{grub}");
+    // A second source that repeats a kargs.d argument.
+    set_source(sysroot, "admin", Some("console=ttyS0,115200 quiet"));
+    set_source(sysroot, "tuned", Some("isolcpus=0-7"));
+    let expect = with(&["console=ttyS0,115200", "quiet", "isolcpus=0-7"]);
+    assert_eq!(entry_options(&mnt, &v1), expect);
+    let d1 = dep(&v1);
+    assert_eq!(d1.kargs, expect);
+    assert_eq!(
+        d1.kargs_sources.get("tuned").cloned(),
+        Some(strs(&["isolcpus=0-7"]))
+    );
+    let entries_before = std::fs::read_to_string(mnt.join("boot/grub/grub.cfg")).unwrap();
+    set_source(sysroot, "tuned", Some("isolcpus=0-7"));
+    assert_eq!(
+        std::fs::read_to_string(mnt.join("boot/grub/grub.cfg")).unwrap(),
+        entries_before
+    );
+    for (args, msg) in [
+        (
+            &["--source", "a b", "--options", "x"][..],
+            "Invalid source name",
+        ),
+        (
+            &["--source", "t", "--options", "composefs=x"],
+            "selects the deployment",
+        ),
+        (&["--source", "t", "--options", "a=\"b c\""], "double quote"),
+    ] {
+        let mut v = vec![
+            "loader-entries",
+            "set-options-for-source",
+            "--sysroot",
+            sysroot,
+        ];
+        v.extend_from_slice(args);
+        let e = bootc_err(&v);
+        assert!(e.contains(msg), "{e}");
+    }
+    assert_eq!(entry_options(&mnt, &v1), expect);
+
     // --check: what v2 costs (v1's layers are in the store already).
     sh(Command::new("podman").args(["tag", &format!("{REPO}:v2"), &format!("{REPO}:cur")]));
     let info = bootc_lib::upgrade::check_for(&mnt, None).unwrap();
@@ -185,6 +283,14 @@ fn offline_unattended_operation() {
         .expect("staged");
     assert!(staged.download_only);
     assert_eq!(order(&mnt), vec![v1.clone()]);
+    // The staged deployment carries the sources; changing one while it is
+    // staged changes both the booted (default) entry and the staged record.
+    assert_eq!(dep(&staged.id).kargs_sources, dep(&v1).kargs_sources);
+    set_source(sysroot, "tuned", Some("isolcpus=0-3"));
+    let sources_tail = ["console=ttyS0,115200", "quiet", "isolcpus=0-3"];
+    assert_eq!(entry_options(&mnt, &v1), with(&sources_tail));
+    let sk = dep(&staged.id).kargs;
+    assert!(sk.ends_with(&strs(&sources_tail)), "{sk:?}");
     let h = host(&mnt);
     assert!(h.status.staged.as_ref().unwrap().download_only);
     let human = bootc_lib::status::render_human(&h, true);
@@ -235,6 +341,19 @@ fn offline_unattended_operation() {
     );
     let v2 = staged.id.clone();
     assert_eq!(order(&mnt), vec![v2.clone(), v1.clone()]);
+    // v2's kargs.d added an argument: it comes before the sources'.
+    let o2 = entry_options(&mnt, &v2);
+    assert!(
+        o2.ends_with(&strs(&[
+            "unattended.v2=1",
+            "console=ttyS0,115200",
+            "quiet",
+            "isolcpus=0-3"
+        ])),
+        "{o2:?}"
+    );
+    assert!(o2.contains(&format!("composefs={v2}")), "{o2:?}");
+    assert_eq!(entry_options(&mnt, &v1), with(&sources_tail));
     assert!(
         bootc_err(&["upgrade", "--from-downloaded", "--sysroot", sysroot])
             .contains("No downloaded update")
@@ -272,6 +391,17 @@ fn offline_unattended_operation() {
     assert_eq!(o.len(), 3, "{o:?}");
     let v3 = o[0].clone();
     assert_eq!(o[1..], [v2.clone(), v1.clone()]);
+    assert_eq!(
+        entry_options(&mnt, &v3),
+        entry_options(&mnt, &v2)
+            .into_iter()
+            .map(|a| if a == format!("composefs={v2}") {
+                format!("composefs={v3}")
+            } else {
+                a
+            })
+            .collect::<Vec<_>>()
+    );
     let h = host(&mnt);
     assert_eq!(h.status.other_deployments.len(), 1);
     assert!(h.status.other_deployments[0].pinned);
@@ -321,5 +451,18 @@ fn offline_unattended_operation() {
     assert_eq!(order(&mnt)[0], v1);
     let h = host(&mnt);
     assert_eq!(h.spec.image.as_ref().unwrap().image, format!("{REPO}:v1"));
+    // The switch back to v1 (whose kargs.d lacks v2's argument) kept the
+    // sources; removing them leaves exactly the installed command line.
+    let o1 = entry_options(&mnt, &v1);
+    assert_eq!(o1, with(&sources_tail), "{o1:?}");
+    set_source(sysroot, "tuned", None);
+    set_source(sysroot, "admin", Some(""));
+    assert_eq!(entry_options(&mnt, &v1), installed);
+    assert!(dep(&v1).kargs_sources.is_empty());
+    let json = std::fs::read_to_string(
+        bootc_sysroot::deployment::deployment_dir(&mnt, &v1).join("deployment.json"),
+    )
+    .unwrap();
+    assert!(!json.contains("kargsSources"), "{json}");
     drop(m);
 }

@@ -13,6 +13,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::image::{ImageTree, KernelInfo};
 
+/// Kernel arguments by the name of the source that owns them.
+pub type KargsSources = std::collections::BTreeMap<String, Vec<String>>;
+
 /// The version of the deployment.json format this code writes and reads.
 ///
 /// Readers refuse a higher version: a newer bootc may have added meaning
@@ -132,6 +135,13 @@ pub struct Deployment {
     /// arguments (`root=`, `rw`, `composefs=<ID>`, `bootc.stateroot=`, then
     /// the kargs of kargs.d, the install config and `--karg`).
     pub kargs: Vec<String>,
+    /// The arguments among `kargs` that named sources own
+    /// (`bootc loader-entries set-options-for-source`), by source name; they
+    /// are the last arguments of `kargs`, in source-name order (see
+    /// [`crate::lifecycle::set_source_kargs`]). Absent when empty, so records
+    /// without sources read the same by older bootc.
+    #[serde(default, skip_serializing_if = "KargsSources::is_empty")]
+    pub kargs_sources: KargsSources,
     /// The bootloader that boots it.
     pub bootloader: Bootloader,
     /// Whether the store held it with fs-verity.
@@ -211,6 +221,8 @@ pub struct NewDeployment {
     pub stateroot: String,
     /// The complete kernel command line, as arguments.
     pub kargs: Vec<String>,
+    /// The arguments of `kargs` owned by named sources.
+    pub kargs_sources: KargsSources,
     /// The bootloader.
     pub bootloader: Bootloader,
     /// The image's kernel.
@@ -281,6 +293,7 @@ pub fn create_deployment(
         kernel_version: new.kernel.version.clone(),
         boot_digest: Some(new.boot_digest.clone()),
         kargs: new.kargs.clone(),
+        kargs_sources: new.kargs_sources.clone(),
         bootloader: new.bootloader,
         verity: store.verity_mode().into(),
         created: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
@@ -406,6 +419,7 @@ mod tests {
             kernel_version: "6.12.0-1-amd64".into(),
             boot_digest: Some(DIGEST.into()),
             kargs: vec!["root=UUID=u".into(), "rw".into(), format!("composefs={ID}")],
+            kargs_sources: KargsSources::new(),
             bootloader: Bootloader::Grub,
             verity: Verity::Insecure,
             created: "2025-01-01T00:00:00Z".into(),

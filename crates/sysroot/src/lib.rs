@@ -38,8 +38,8 @@ use fn_error_context::context;
 
 pub use cmdline::booted_deployment_id;
 pub use deployment::{
-    Bootloader, Deployment, DeploymentError, NewDeployment, Verity, create_deployment,
-    list_deployments, load_deployment,
+    Bootloader, Deployment, DeploymentError, KargsSources, NewDeployment, Verity,
+    create_deployment, list_deployments, load_deployment,
 };
 pub use image::{ImageMount, ImageTree, KernelInfo, OsRelease};
 

@@ -10,6 +10,8 @@ use anyhow::{Context, Result};
 use fn_error_context::context;
 use serde::{Deserialize, Serialize};
 
+use crate::deployment::KargsSources;
+
 /// The staged-deployment marker, relative to the sysroot.
 pub const STAGED_JSON: &str = "state/staged.json";
 
@@ -166,7 +168,9 @@ pub fn download_cost(
 /// bytes still to download twice (compressed layers unpacked into the
 /// store), plus the kernel and initramfs copied beside the deployment.
 pub fn space_needed(download_bytes: u64, kernel_bytes: u64) -> u64 {
-    download_bytes.saturating_mul(2).saturating_add(kernel_bytes)
+    download_bytes
+        .saturating_mul(2)
+        .saturating_add(kernel_bytes)
 }
 
 /// How many bytes are missing when `needed` bytes must fit in `available`;
@@ -243,6 +247,99 @@ pub fn update_kargs(
     }
     out.extend(added);
     out
+}
+
+/// Whether `name` can name a source of kernel arguments: non-empty ASCII
+/// letters, digits, `-` and `_` (as upstream bootc).
+pub fn is_valid_source_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_'))
+}
+
+/// The arguments of a source's `--options` text, split on whitespace.
+///
+/// Refused: double quotes (a quoted argument with spaces cannot be kept
+/// through our records and entries, so it is not accepted rather than
+/// mangled) and the arguments that select the deployment and its stateroot
+/// (`composefs=`, `bootc.stateroot=`), which only bootc sets.
+pub fn parse_source_options(options: &str) -> Result<Vec<String>> {
+    let args: Vec<String> = options.split_whitespace().map(str::to_owned).collect();
+    for a in &args {
+        anyhow::ensure!(
+            !a.contains('"'),
+            "Kernel argument {a:?} contains a double quote; quoted arguments are not supported"
+        );
+        let key = a.split_once('=').map_or(a.as_str(), |(k, _)| k);
+        anyhow::ensure!(
+            key != crate::cmdline::DEPLOYMENT_KARG && key != crate::cmdline::STATEROOT_KARG,
+            "Kernel argument {a:?} selects the deployment; only bootc sets it"
+        );
+    }
+    Ok(args)
+}
+
+/// `kargs` without the arguments that `sources` own: for each owned
+/// argument its last occurrence is removed (sources' arguments are kept at
+/// the end of the command line, so these are the sources' copies even when
+/// kargs.d or an admin has the same argument). An owned argument missing
+/// from `kargs` is skipped.
+pub fn strip_source_kargs(kargs: &[String], sources: &KargsSources) -> Vec<String> {
+    let mut out = kargs.to_vec();
+    for a in sources.values().flatten() {
+        if let Some(p) = out.iter().rposition(|x| x == a) {
+            out.remove(p);
+        }
+    }
+    out
+}
+
+/// `rest` followed by every source's arguments, sources in name order.
+pub fn append_source_kargs(mut rest: Vec<String>, sources: &KargsSources) -> Vec<String> {
+    rest.extend(sources.values().flatten().cloned());
+    rest
+}
+
+/// The command line and sources after source `name` sets its arguments to
+/// `new` (`bootc loader-entries set-options-for-source`): its previous
+/// arguments are removed, `new` is appended after the other sources'
+/// (sources in name order); an empty `new` removes the source. Arguments
+/// owned by nobody (root=, kargs.d, install-time, an admin's) stay as they
+/// are, in place.
+pub fn set_source_kargs(
+    kargs: &[String],
+    sources: &KargsSources,
+    name: &str,
+    new: &[String],
+) -> (Vec<String>, KargsSources) {
+    let mut next = sources.clone();
+    if new.is_empty() {
+        next.remove(name);
+    } else {
+        next.insert(name.to_owned(), new.to_vec());
+    }
+    let rest = strip_source_kargs(kargs, sources);
+    (append_source_kargs(rest, &next), next)
+}
+
+/// The kernel arguments of a deployment made from an update of `base`
+/// whose arguments `sources` own: [`update_kargs`] applied to the
+/// arguments no source owns, then the sources' arguments appended
+/// unchanged, so a kargs.d change never removes a source's copy of an
+/// argument and sources carry over to every new deployment.
+pub fn carry_kargs(
+    base: &[String],
+    sources: &KargsSources,
+    old_kargs_d: &[String],
+    new_kargs_d: &[String],
+    new_id: &str,
+) -> Vec<String> {
+    let rest = strip_source_kargs(base, sources);
+    append_source_kargs(
+        update_kargs(&rest, old_kargs_d, new_kargs_d, new_id),
+        sources,
+    )
 }
 
 /// `a` minus `b`, as multisets, in the order of `a`.
@@ -374,6 +471,190 @@ mod tests {
                 s(expect),
                 "{base:?} {old:?} {new:?}"
             );
+        }
+    }
+
+    fn sources(v: &[(&str, &[&str])]) -> KargsSources {
+        v.iter().map(|(k, a)| (k.to_string(), s(a))).collect()
+    }
+
+    #[test]
+    fn source_kargs_table() {
+        // (kargs, sources, source, new options, expected kargs, expected sources)
+        type Case<'a> = (
+            &'a [&'a str],
+            &'a [(&'a str, &'a [&'a str])],
+            &'a str,
+            &'a [&'a str],
+            &'a [&'a str],
+            &'a [(&'a str, &'a [&'a str])],
+        );
+        let cases: &[Case] = &[
+            // a first source: appended
+            (
+                &["root=UUID=u", "rw", "composefs=x", "quiet"],
+                &[],
+                "tuned",
+                &["isolcpus=1-3", "nohz=full"],
+                &[
+                    "root=UUID=u",
+                    "rw",
+                    "composefs=x",
+                    "quiet",
+                    "isolcpus=1-3",
+                    "nohz=full",
+                ],
+                &[("tuned", &["isolcpus=1-3", "nohz=full"])],
+            ),
+            // replaced: only its own arguments change
+            (
+                &["rw", "quiet", "isolcpus=1-3", "nohz=full"],
+                &[("tuned", &["isolcpus=1-3", "nohz=full"])],
+                "tuned",
+                &["isolcpus=0-7"],
+                &["rw", "quiet", "isolcpus=0-7"],
+                &[("tuned", &["isolcpus=0-7"])],
+            ),
+            // removed (empty options)
+            (
+                &["rw", "quiet", "isolcpus=1-3"],
+                &[("tuned", &["isolcpus=1-3"])],
+                "tuned",
+                &[],
+                &["rw", "quiet"],
+                &[],
+            ),
+            // removing a source that does not exist: nothing changes
+            (&["rw", "quiet"], &[], "tuned", &[], &["rw", "quiet"], &[]),
+            // another source is kept; sources stay in name order at the end
+            (
+                &["rw", "a=1", "t=1"],
+                &[("admin", &["a=1"]), ("tuned", &["t=1"])],
+                "dracut",
+                &["rd.x=1"],
+                &["rw", "a=1", "rd.x=1", "t=1"],
+                &[
+                    ("admin", &["a=1"]),
+                    ("dracut", &["rd.x=1"]),
+                    ("tuned", &["t=1"]),
+                ],
+            ),
+            // a source sets an argument kargs.d has already: removing it
+            // later leaves the kargs.d copy
+            (
+                &["rw", "quiet", "quiet"],
+                &[("tuned", &["quiet"])],
+                "tuned",
+                &[],
+                &["rw", "quiet"],
+                &[],
+            ),
+            (
+                &["rw", "quiet"],
+                &[],
+                "tuned",
+                &["quiet"],
+                &["rw", "quiet", "quiet"],
+                &[("tuned", &["quiet"])],
+            ),
+            // two sources own the same argument: one copy each
+            (
+                &["rw", "x", "x"],
+                &[("a", &["x"]), ("b", &["x"])],
+                "a",
+                &[],
+                &["rw", "x"],
+                &[("b", &["x"])],
+            ),
+            // an owned argument someone removed by hand: skipped
+            (
+                &["rw"],
+                &[("tuned", &["gone"])],
+                "tuned",
+                &["new"],
+                &["rw", "new"],
+                &[("tuned", &["new"])],
+            ),
+        ];
+        for (kargs, srcs, name, new, ekargs, esrcs) in cases {
+            let (k, so) = set_source_kargs(&s(kargs), &sources(srcs), name, &s(new));
+            assert_eq!(
+                (k, so),
+                (s(ekargs), sources(esrcs)),
+                "{kargs:?} {name} {new:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn carry_kargs_table() {
+        // (base, sources, old kargs.d, new kargs.d, expected)
+        type Case<'a> = (
+            &'a [&'a str],
+            &'a [(&'a str, &'a [&'a str])],
+            &'a [&'a str],
+            &'a [&'a str],
+            &'a [&'a str],
+        );
+        let cases: &[Case] = &[
+            // sources carried, after the kargs.d additions
+            (
+                &["rw", "composefs=old", "k", "isolcpus=1"],
+                &[("tuned", &["isolcpus=1"])],
+                &["k"],
+                &["k", "k2"],
+                &["rw", "composefs=new", "k", "k2", "isolcpus=1"],
+            ),
+            // kargs.d drops an argument a source also owns: the source's stays
+            (
+                &["composefs=old", "quiet", "quiet"],
+                &[("tuned", &["quiet"])],
+                &["quiet"],
+                &[],
+                &["composefs=new", "quiet"],
+            ),
+            // no sources: as update_kargs
+            (
+                &["composefs=old", "a"],
+                &[],
+                &["a"],
+                &["b"],
+                &["composefs=new", "b"],
+            ),
+        ];
+        for (base, srcs, old, new, expect) in cases {
+            assert_eq!(
+                carry_kargs(&s(base), &sources(srcs), &s(old), &s(new), "new"),
+                s(expect),
+                "{base:?} {srcs:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn source_input_table() {
+        for ok in ["tuned", "a-b_C9", "x"] {
+            assert!(is_valid_source_name(ok), "{ok}");
+        }
+        for bad in ["", "a b", "a/b", "a.b", "ü", "a=b"] {
+            assert!(!is_valid_source_name(bad), "{bad}");
+        }
+        let cases: &[(&str, Option<&[&str]>)] = &[
+            ("", Some(&[])),
+            ("  a=1\tb  ", Some(&["a=1", "b"])),
+            (
+                "nohz=full isolcpus=1-3",
+                Some(&["nohz=full", "isolcpus=1-3"]),
+            ),
+            ("dyndbg=\"file x +p\"", None),
+            ("composefs=abc", None),
+            ("bootc.stateroot=x", None),
+            ("composefs", None),
+            ("xcomposefs=1", Some(&["xcomposefs=1"])),
+        ];
+        for (input, expect) in cases {
+            let got = parse_source_options(input).ok();
+            assert_eq!(got, expect.map(s), "{input:?}");
         }
     }
 
