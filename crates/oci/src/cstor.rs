@@ -214,6 +214,64 @@ fn import_layers(
     let mut stats = ImportStats::default();
     let mut reported = HashSet::new();
     let mut imported = Vec::new();
+    with_writeback(repo, || {
+        import_missing(repo, &found, workers, progress, &mut stats, &mut reported, &mut imported)
+    })?;
+    let fetched = CstorFetched {
+        storage_root: found.root,
+        manifest_digest: found.manifest_digest,
+        stats,
+        reported,
+    };
+    Ok((Some(fetched), imported))
+}
+
+/// How often [`with_writeback`] starts writing back what was written.
+const WRITEBACK_INTERVAL: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// Run `f` while a thread keeps syncing the store's filesystem, so that the
+/// disk writes what the import produces while it goes on instead of all at
+/// the sync that follows it (the page cache holds a whole image without
+/// writing any of it back by itself). This is not a barrier: the caller
+/// still syncs after `f`, before anything is named.
+fn with_writeback<T>(repo: &Repo, f: impl FnOnce() -> T) -> T {
+    let stop = (Mutex::new(false), std::sync::Condvar::new());
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let (lock, cvar) = &stop;
+            let mut stopped = lock.lock().unwrap_or_else(|e| e.into_inner());
+            loop {
+                (stopped, _) = cvar
+                    .wait_timeout(stopped, WRITEBACK_INTERVAL)
+                    .unwrap_or_else(|e| e.into_inner());
+                if *stopped {
+                    return;
+                }
+                drop(stopped);
+                if let Err(e) = repo.sync() {
+                    tracing::debug!("background sync: {e:#}");
+                    return;
+                }
+                stopped = lock.lock().unwrap_or_else(|e| e.into_inner());
+            }
+        });
+        let out = f();
+        *stop.0.lock().unwrap_or_else(|e| e.into_inner()) = true;
+        stop.1.notify_all();
+        out
+    })
+}
+
+/// Import the layers of `found` that `repo` lacks (see [`import_layers`]).
+fn import_missing(
+    repo: &Arc<Repo>,
+    found: &Found,
+    workers: usize,
+    progress: &SharedReporter,
+    stats: &mut ImportStats,
+    reported: &mut HashSet<String>,
+    imported: &mut Vec<(OciDigest, ObjectId)>,
+) -> Result<()> {
     for (layer_id, diff_id) in &found.layers {
         let key = diff_id.to_string();
         let id = ComponentId::from(key.clone());
@@ -243,13 +301,7 @@ fn import_layers(
         stats.merge(&s);
         imported.push((diff_id.clone(), stream));
     }
-    let fetched = CstorFetched {
-        storage_root: found.root,
-        manifest_digest: found.manifest_digest,
-        stats,
-        reported,
-    };
-    Ok((Some(fetched), imported))
+    Ok(())
 }
 
 /// A piece of the layer stream, in order.

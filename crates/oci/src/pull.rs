@@ -7,8 +7,8 @@
 //! 2. Choose a path ([`PullPath`]):
 //!    - the policy accepts anything: the skopeo proxy streams layers straight
 //!      into the store, or (for `oci`/`oci-archive`) the layout is read
-//!      directly, or (for `containers-storage`) the local storage is read
-//!      natively;
+//!      directly, or (for `containers-storage`) the layers are replayed
+//!      from the local storage (module `cstor`);
 //!    - the policy requires verification (signatures): Debian's skopeo 1.9
 //!      proxy does not enforce policy.json, so the image is first copied with
 //!      `skopeo copy` (which does) into an OCI layout in the sysroot's scratch
