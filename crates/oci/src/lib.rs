@@ -8,10 +8,12 @@
 //! - [`policy`]: `policy.json` evaluation (does this pull need enforcement?).
 //! - [`progress`]: progress events (`progress-v0`) and their renderers.
 //! - [`pull`]: the pull flow: skopeo proxy or `skopeo copy` + OCI layout import.
+//! - `cstor`: importing layers from containers-storage (used by [`pull`]).
 //! - [`validate`]: checks on untrusted image metadata (digests, JSON, media
 //!   types, diff_ids, tar entry paths) before anything is stored.
 
 pub mod auth;
+mod cstor;
 pub mod imgref;
 pub mod policy;
 pub mod progress;

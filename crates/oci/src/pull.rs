@@ -7,8 +7,8 @@
 //! 2. Choose a path ([`PullPath`]):
 //!    - the policy accepts anything: the skopeo proxy streams layers straight
 //!      into the store, or (for `oci`/`oci-archive`) the layout is read
-//!      directly, or (for `containers-storage`) the local storage is read
-//!      natively;
+//!      directly, or (for `containers-storage`) the layers are replayed
+//!      from the local storage (module `cstor`);
 //!    - the policy requires verification (signatures): Debian's skopeo 1.9
 //!      proxy does not enforce policy.json, so the image is first copied with
 //!      `skopeo copy` (which does) into an OCI layout in the sysroot's scratch
@@ -237,10 +237,27 @@ async fn import(
     opts: &PullOptions,
 ) -> Result<(composefs_oci::PullResult<ObjectId>, Option<Fetched>)> {
     let repo = store.repo();
+    // The containers-storage root our layer import read, for composefs-oci
+    // to read the same.
+    let mut storage_root = None;
     let fetched = match (path, layout) {
-        // containers-storage verified the layers when it stored them, and
-        // composefs-oci reads them natively.
-        (PullPath::ContainersStorage, _) => None,
+        // containers-storage verified the layers when it stored them. We
+        // import them ourselves (crate::cstor), composefs-oci the rest.
+        (PullPath::ContainersStorage, _) => {
+            let image = composefs_oci::cstor::parse_containers_storage_ref(source)
+                .with_context(|| format!("{source} is not a containers-storage reference"))?;
+            crate::cstor::fetch_from_containers_storage(repo, image, &opts.progress)
+                .await?
+                .map(|f| {
+                    storage_root = Some(f.storage_root);
+                    Fetched {
+                        manifest_digest: f.manifest_digest,
+                        pinned: None,
+                        stats: f.stats,
+                        reported: f.reported,
+                    }
+                })
+        }
         (_, Some((dir, tag))) => {
             Some(fetch_from_layout(repo, &dir, tag.as_deref(), &opts.progress).await?)
         }
@@ -275,6 +292,7 @@ async fn import(
         } else {
             LocalFetchOpt::Disabled
         },
+        storage_root: storage_root.as_deref(),
         progress: Some(progress),
         ..Default::default()
     };
