@@ -1044,7 +1044,7 @@ impl Step {
             .with_context(|| format!("Parsing the status JSON {label}:\n{body}"))
     }
 
-    fn rc_of(&self, label: &str) -> Option<i32> {
+    pub(crate) fn rc_of(&self, label: &str) -> Option<i32> {
         let p = format!("@@RC {label}=");
         self.text
             .lines()

@@ -12,16 +12,21 @@
 //! Boots (SeaBIOS/GRUB, each a fresh qemu with `-no-reboot`, the installed
 //! disk plus a `BOOTCTEST` disk holding OCI layouts and the step script; see
 //! lifecycle.rs for the step protocol):
-//! 1. v2 installed: set one boot try (`/etc/bootc/boot.toml`), stage the
-//!    unhealthy image `--download-only`; power off.
+//! 1. v2 installed: `usr-overlay` makes /usr writable (a second one is
+//!    refused, status shows it), a tool's kernel arguments are set with
+//!    `loader-entries set-options-for-source`, one boot try is configured
+//!    (`/etc/bootc/boot.toml`), the unhealthy image is staged
+//!    `--download-only`; power off.
 //! 2. v2 still booted (not applied at shutdown), the download-only
-//!    deployment still staged; `upgrade --from-downloaded --apply` reboots.
+//!    deployment still staged, the overlay gone, the tool's argument on the
+//!    command line; `upgrade --from-downloaded --apply` reboots.
 //! 3. the unhealthy deployment boots on trial: its health check fails,
 //!    `bootc-boot-check.service` records why and reboots.
 //! 4. GRUB's counter is spent: v2 boots by itself; status shows v2 booted and
 //!    the unhealthy deployment as rollback, failed, with the failed unit;
 //!    `switch --apply` to v4.
-//! 5. v4 boots on trial, its health check passes, it is blessed.
+//! 5. v4 boots on trial, its health check passes, it is blessed; the tool's
+//!    argument carried over; `usr-overlay --read-only`.
 //! 6. v4 boots again (it stays).
 
 use std::fs;
@@ -34,7 +39,9 @@ use anyhow::{Context, Result, ensure};
 use bootc_tests_integration::run;
 use bootc_tests_integration::vm::{self, Firmware, Run, Vm};
 
-use crate::lifecycle::{PRELUDE, Step, expect_booted, expect_entry, oci_digest, podman_image_id, report};
+use crate::lifecycle::{
+    PRELUDE, Step, expect_booted, expect_entry, expect_karg, oci_digest, podman_image_id, report,
+};
 use crate::{Ctx, TestFn};
 
 /// The tests of this module.
@@ -251,6 +258,13 @@ impl Host {
             &format!(
                 r#"J before bootc status --format json
 mkdir -p /etc/bootc && printf '[boot]\ntries = 1\n' > /etc/bootc/boot.toml
+V ro_before sh -c 'touch /usr/.x 2>&1 && echo writable'
+R overlay bootc usr-overlay
+R overlay_again bootc usr-overlay
+V usrfs findmnt -n -o FSTYPE /usr
+V written sh -c 'echo hello > /usr/bootc-overlay-test && cat /usr/bootc-overlay-test'
+J overlaid bootc status --format json
+R tuned bootc loader-entries set-options-for-source --source tuned --options "bootc.tuned=1"
 R download bootc switch --download-only --transport oci {unhealthy_ref}
 J staged bootc status --format json
 R human bootc status --format humanreadable --verbose
@@ -265,6 +279,26 @@ R human bootc status --format humanreadable --verbose
                 "the installed deployment is on trial: {}",
                 before["status"]["booted"]
             );
+            ensure!(
+                s.val("ro_before").is_some_and(|v| v.contains("Read-only file system")),
+                "/usr was writable before usr-overlay: {:?}",
+                s.val("ro_before")
+            );
+            s.expect_rc("overlay", 0)?;
+            ensure!(
+                s.rc_of("overlay_again").is_some_and(|rc| rc != 0),
+                "a second usr-overlay did not fail"
+            );
+            s.expect_val("usrfs", "overlay")?;
+            s.expect_val("written", "hello")?;
+            let o = s.json("overlaid")?;
+            ensure!(
+                o["status"]["usrOverlay"]["accessMode"] == "readWrite"
+                    && o["status"]["usrOverlay"]["persistence"] == "transient",
+                "status.usrOverlay after usr-overlay: {}",
+                o["status"]["usrOverlay"]
+            );
+            s.expect_rc("tuned", 0)?;
             s.expect_rc("download", 0)?;
             let st = s.json("staged")?;
             expect_entry(&st, "staged", "oci", unhealthy_ref, &unhealthy)?;
@@ -290,6 +324,8 @@ R human bootc status --format humanreadable --verbose
         let r = self.boot(
             "2: v2 still booted; apply the download",
             r#"J status bootc status --format json
+V overlayfile sh -c 'test -e /usr/bootc-overlay-test && echo present || echo absent'
+V cmdline cat /proc/cmdline
 echo BOOTC-APPLYING
 bootc upgrade --from-downloaded --apply
 echo "BOOTC-APPLY-RETURNED rc=$?"
@@ -306,6 +342,13 @@ sleep 600
                 "the download-only deployment is no longer download-only after a shutdown: {}",
                 st["status"]["staged"]
             );
+            ensure!(
+                st["status"]["usrOverlay"].is_null(),
+                "a /usr overlay survived the reboot: {}",
+                st["status"]["usrOverlay"]
+            );
+            s.expect_val("overlayfile", "absent")?;
+            expect_karg(&s, "bootc.tuned=1", true)?;
             ensure!(
                 s.text.contains("BOOTC-APPLYING") && !r.log.contains("BOOTC-POWEROFF"),
                 "the guest powered off instead of rebooting from --apply"
@@ -384,6 +427,10 @@ sleep 600
             r#"J status bootc status --format json
 V variant cat /usr/share/bootc-example/variant
 V grubenv sh -c 'grep -a "^bootc_" /sysroot/boot/grub/grubenv || echo none'
+V cmdline cat /proc/cmdline
+R overlay_ro bootc usr-overlay --read-only
+V ro_write sh -c 'touch /usr/.y 2>&1 && echo writable'
+J overlaid bootc status --format json
 "#,
         )?;
         (|| -> Result<()> {
@@ -399,6 +446,19 @@ V grubenv sh -c 'grep -a "^bootc_" /sysroot/boot/grub/grubenv || echo none'
             );
             s.expect_val("variant", "v4")?;
             s.expect_val("grubenv", "none")?;
+            expect_karg(&s, "bootc.tuned=1", true)?;
+            s.expect_rc("overlay_ro", 0)?;
+            ensure!(
+                s.val("ro_write").is_some_and(|v| v.contains("Read-only file system")),
+                "/usr was writable under a read-only usr-overlay: {:?}",
+                s.val("ro_write")
+            );
+            let o = s.json("overlaid")?;
+            ensure!(
+                o["status"]["usrOverlay"]["accessMode"] == "readOnly",
+                "status.usrOverlay after usr-overlay --read-only: {}",
+                o["status"]["usrOverlay"]
+            );
             Ok(())
         })()
         .with_context(|| report(&r, Some(&s)))
