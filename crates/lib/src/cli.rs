@@ -57,6 +57,10 @@ pub enum InternalsCommand {
     /// List the files added (A), removed (D) and changed (M) in /usr and in
     /// the image's /etc defaults between the booted and the staged deployment.
     DiffStaged,
+    /// Enable fs-verity on every object of an insecure store, then require
+    /// it: deployments mount with fs-verity enforced from the next boot
+    /// (needs a kernel and filesystem with fs-verity).
+    SealStore,
 }
 
 /// `bootc image ...`
@@ -164,6 +168,7 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Internals(InternalsCommand::DiffStaged) => {
             crate::upgrade::print_diff_staged(&cli.sysroot)
         }
+        Command::Internals(InternalsCommand::SealStore) => crate::seal::seal_store(&cli.sysroot),
     }
 }
 
@@ -254,6 +259,11 @@ mod tests {
         assert!(matches!(
             cli.command,
             Command::Internals(InternalsCommand::FinalizeStaged)
+        ));
+        let cli = Cli::try_parse_from(["bootc", "internals", "seal-store"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Internals(InternalsCommand::SealStore)
         ));
     }
 

@@ -7,6 +7,7 @@
 //! - [`upgrade`]: `bootc upgrade|switch|rollback`, `bootc internals finalize-staged`.
 //! - [`edit`]: `bootc edit`.
 //! - [`deployments`]: reading deployments by role; `bootc pin`.
+//! - [`seal`]: fs-verity mode: `bootc internals seal-store`, per-deployment mode for status.
 
 pub mod cli;
 pub mod deployments;
@@ -14,5 +15,6 @@ pub mod edit;
 pub mod image;
 pub mod install;
 pub mod progress;
+pub mod seal;
 pub mod status;
 pub mod upgrade;
