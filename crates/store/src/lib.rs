@@ -281,10 +281,12 @@ impl Store {
 
     /// Mount the composefs image of the manifest `digest` read-only at `target`.
     ///
-    /// An insecure store is mounted without fs-verity checks even when the
-    /// EROFS image has verity: a verity-capable kernel enables it on what it
-    /// writes, so an insecure store can mix objects with and without verity,
-    /// and requiring it would fail reads of the older objects with EIO.
+    /// A secure (or sealed, see [`seal`]) store is mounted with overlayfs
+    /// `verity=require`. An insecure store is mounted without fs-verity
+    /// checks even when the EROFS image has verity: a verity-capable kernel
+    /// enables it on what it writes, so an insecure store can mix objects
+    /// with and without verity, and requiring it would fail reads of the
+    /// older objects with EIO.
     #[context("Mounting image {digest} at {}", target.display())]
     pub fn mount_image(&self, digest: &OciDigest, target: &Path) -> Result<()> {
         use composefs::fsverity::FsVerityHashValue;
