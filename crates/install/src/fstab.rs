@@ -43,7 +43,10 @@ pub fn add_line(text: &str, line: &str) -> Option<String> {
             .map(str::to_owned)
     };
     let target = mountpoint(line);
-    if text.lines().any(|l| mountpoint(l).is_some() && mountpoint(l) == target) {
+    if text
+        .lines()
+        .any(|l| mountpoint(l).is_some() && mountpoint(l) == target)
+    {
         return None;
     }
     let mut out = text.to_owned();
@@ -94,7 +97,11 @@ mod tests {
                 None,
                 Ok("LABEL=boot /sysroot/boot auto defaults 0 0"),
             ),
-            ("/dev/vda2", Some(""), Ok("/dev/vda2 /sysroot/boot auto defaults 0 0")),
+            (
+                "/dev/vda2",
+                Some(""),
+                Ok("/dev/vda2 /sysroot/boot auto defaults 0 0"),
+            ),
             ("", None, Err("invalid boot mount specification")),
             ("LABEL=my boot", None, Err("without spaces")),
         ];
@@ -125,7 +132,9 @@ mod tests {
             ("UUID=a /sysroot/boot xfs defaults 0 0\n", None),
             (
                 "#UUID=a /sysroot/boot xfs defaults 0 0\n",
-                Some(format!("#UUID=a /sysroot/boot xfs defaults 0 0\n{comment}{line}\n")),
+                Some(format!(
+                    "#UUID=a /sysroot/boot xfs defaults 0 0\n{comment}{line}\n"
+                )),
             ),
         ];
         for (text, expect) in cases {

@@ -111,8 +111,7 @@ pub fn apply_verity_modes(state: &mut HostState, root: &Path, booted: Option<&st
 pub fn root_requires_verity(mountinfo: &str) -> Option<bool> {
     let line = mountinfo
         .lines()
-        .filter(|l| l.split(' ').nth(4) == Some("/"))
-        .next_back()?;
+        .rfind(|l| l.split(' ').nth(4) == Some("/"))?;
     let (_, after) = line.split_once(" - ")?;
     let mut fields = after.split(' ');
     let fstype = fields.next()?;

@@ -141,9 +141,18 @@ pub(crate) fn seal_repo(repo: &std::path::Path, ops: &dyn VerityOps) -> Result<S
         Mode::empty(),
     )
     .with_context(|| format!("Opening {}", repo.display()))?;
-    let meta = openat(&repo_fd, META, OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty())
-        .with_context(|| format!("Opening {}/{META}", repo.display()))?;
-    if ops.measure(meta.as_fd()).context("Measuring meta.json")?.is_some() {
+    let meta = openat(
+        &repo_fd,
+        META,
+        OFlags::RDONLY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .with_context(|| format!("Opening {}/{META}", repo.display()))?;
+    if ops
+        .measure(meta.as_fd())
+        .context("Measuring meta.json")?
+        .is_some()
+    {
         return Ok(SealReport {
             already_sealed: true,
             ..Default::default()
@@ -363,7 +372,10 @@ mod tests {
         let damaged = repo(&td).join("objects").join(ids[1].to_object_pathname());
         std::fs::write(&damaged, b"tampered").unwrap();
         std::fs::write(
-            repo(&td).join("objects").join(&ids[0].to_object_pathname()[..2]).join(".tmpXYZ"),
+            repo(&td)
+                .join("objects")
+                .join(&ids[0].to_object_pathname()[..2])
+                .join(".tmpXYZ"),
             b"left over",
         )
         .unwrap();
@@ -380,7 +392,11 @@ mod tests {
             other => panic!("expected Corrupt, got {other:?}: {e:#}"),
         }
         let meta = std::fs::File::open(repo(&td).join(META)).unwrap();
-        assert_eq!(k.measure(meta.as_fd()).unwrap(), None, "store stays insecure");
+        assert_eq!(
+            k.measure(meta.as_fd()).unwrap(),
+            None,
+            "store stays insecure"
+        );
 
         // Repaired (the object re-written correctly): a re-run finishes.
         // (Its verity goes with it: the fake forgets the inode, which the

@@ -927,7 +927,9 @@ fn vm_boot_to_filesystem_bios(ctx: &Ctx) -> Result<()> {
         install?;
         let fstab = fstab.context("Reading the deployment's etc/fstab (install side)")?;
         ensure!(
-            fstab.lines().any(|l| l == format!("{spec} /sysroot/boot ext4 defaults 0 0")),
+            fstab
+                .lines()
+                .any(|l| l == format!("{spec} /sysroot/boot ext4 defaults 0 0")),
             "the deployment's fstab does not mount {spec} at /sysroot/boot (install side):\n{fstab}"
         );
         ensure!(
