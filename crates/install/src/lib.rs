@@ -8,6 +8,7 @@
 //! - [`blockdev`]: loop devices, in-use checks, sfdisk, partitions.
 //! - [`filesystem`]: mkfs, UUIDs, mounts, finalisation.
 //! - [`deploy`]: the part shared by all verbs, on a mounted root.
+//! - [`fstab`]: the deployment's fstab line for a separate `/boot`.
 //!
 //! # Installation flow of `to-disk`
 //!
@@ -32,6 +33,7 @@ pub mod blockdev;
 pub mod config;
 pub mod deploy;
 pub mod filesystem;
+pub mod fstab;
 mod run;
 
 use std::os::unix::fs::MetadataExt;
@@ -83,7 +85,9 @@ pub struct ToFilesystemOptions {
     pub root_path: PathBuf,
     /// `--root-mount-spec` (`root=` value); default `UUID=<uuid of the root>`.
     pub root_mount_spec: Option<String>,
-    /// `--boot-mount-spec`: accepted for compatibility (we write no fstab).
+    /// `--boot-mount-spec`: how the installed host mounts the separate
+    /// filesystem mounted at `ROOT/boot` (default `UUID=<its uuid>`); written
+    /// to the deployment's `/etc/fstab` (see [`fstab`]).
     pub boot_mount_spec: Option<String>,
     /// `--replace`.
     pub replace: Option<Replace>,
@@ -260,12 +264,25 @@ pub async fn to_filesystem(
         (None, None) => None,
     };
     let boot_mnt = filesystem::mount_at(&root.join("boot"))?;
+    let mut boot_fstab = None;
     let boot_fs = match &boot_mnt {
-        Some(b) => GrubTarget {
-            fs_uuid: filesystem::fs_uuid(&filesystem::source_device(&b.source))?,
-            fs_module: grub_fs_module(&b.fstype).to_owned(),
-            prefix: String::new(),
-        },
+        Some(b) => {
+            let fs_uuid = filesystem::fs_uuid(&filesystem::source_device(&b.source))?;
+            let spec = opts
+                .boot_mount_spec
+                .clone()
+                .unwrap_or_else(|| format!("UUID={fs_uuid}"));
+            boot_fstab = Some(fstab::boot_line(&spec, Some(&b.fstype))?);
+            GrubTarget {
+                fs_uuid,
+                fs_module: grub_fs_module(&b.fstype).to_owned(),
+                prefix: String::new(),
+            }
+        }
+        None if opts.boot_mount_spec.is_some() => anyhow::bail!(
+            "--boot-mount-spec needs the boot filesystem mounted at {}: boot entries are written there",
+            root.join("boot").display()
+        ),
         None => GrubTarget {
             fs_uuid: root_uuid.clone().unwrap_or_default(),
             fs_module: grub_fs_module(&mnt.fstype).to_owned(),
@@ -290,6 +307,12 @@ pub async fn to_filesystem(
     let fetched = deploy::fetch(&root, &images, pull, pull_done).await?;
     let outcome = deploy::deploy(&fetched, &target, &images, &opts.common)?;
     drop(fetched);
+    if let Some(line) = &boot_fstab {
+        let dir = bootc_sysroot::deployment::deployment_dir(&root, outcome.deployment.id());
+        fstab::write_boot_line(&dir.join("etc"), line)?;
+        let fd = std::fs::File::open(&root)?;
+        rustix::fs::syncfs(&fd).with_context(|| format!("Syncing {}", root.display()))?;
+    }
     if !opts.skip_finalize {
         filesystem::finalize(&root)?;
     }

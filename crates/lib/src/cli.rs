@@ -68,6 +68,10 @@ pub enum InternalsCommand {
     /// or record the failure and reboot out of a failed trial boot (run by
     /// bootc-boot-check.service).
     BootCheck,
+    /// Enable fs-verity on every object of an insecure store, then require
+    /// it: deployments mount with fs-verity enforced from the next boot
+    /// (needs a kernel and filesystem with fs-verity).
+    SealStore,
 }
 
 /// `bootc image ...`
@@ -180,6 +184,7 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Internals(InternalsCommand::BootCheck) => {
             crate::bootcount::boot_check(&cli.sysroot)
         }
+        Command::Internals(InternalsCommand::SealStore) => crate::seal::seal_store(&cli.sysroot),
     }
 }
 
@@ -270,6 +275,11 @@ mod tests {
         assert!(matches!(
             cli.command,
             Command::Internals(InternalsCommand::FinalizeStaged)
+        ));
+        let cli = Cli::try_parse_from(["bootc", "internals", "seal-store"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Internals(InternalsCommand::SealStore)
         ));
     }
 

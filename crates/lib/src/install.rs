@@ -176,7 +176,9 @@ pub struct ToFilesystemArgs {
     #[arg(long, value_name = "SPEC")]
     pub root_mount_spec: Option<String>,
 
-    /// The /boot mount specification (accepted; no fstab is written).
+    /// How the installed host mounts the separate /boot filesystem mounted
+    /// at ROOT/boot (default: UUID=<its uuid>); written to the deployment's
+    /// /etc/fstab. Requires a filesystem mounted at ROOT/boot.
     #[arg(long, value_name = "SPEC")]
     pub boot_mount_spec: Option<String>,
 

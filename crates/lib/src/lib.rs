@@ -10,6 +10,7 @@
 //! - [`bootcount`]: automatic rollback (boot trials), `bootc internals boot-check`.
 //! - [`loader_entries`]: `bootc loader-entries set-options-for-source`.
 //! - [`usr_overlay`]: `bootc usr-overlay`, and the `/usr` overlay status.
+//! - [`seal`]: fs-verity mode: `bootc internals seal-store`, per-deployment mode for status.
 
 pub mod bootcount;
 pub mod cli;
@@ -19,6 +20,7 @@ pub mod image;
 pub mod install;
 pub mod loader_entries;
 pub mod progress;
+pub mod seal;
 pub mod status;
 pub mod upgrade;
 pub mod usr_overlay;

@@ -224,6 +224,9 @@ fn render_entry(out: &mut String, booted: bool, label: &str, entry: &BootEntry, 
             let _ = writeln!(out, "{mark} {label}: (not from a container image)");
         }
     }
+    if let Some(c) = &entry.composefs {
+        let _ = writeln!(out, "{:>w$}: {}", "fs-verity", verity_text(c));
+    }
     if entry.pinned && !verbose {
         let _ = writeln!(out, "{:>w$}: yes", "Pinned");
     }
@@ -252,12 +255,6 @@ fn render_entry(out: &mut String, booted: bool, label: &str, entry: &BootEntry, 
         if let Some(c) = &entry.composefs {
             let _ = writeln!(out, "{:>w$}: {}", "Deployment", c.verity);
             let _ = writeln!(out, "{:>w$}: {}", "Bootloader", c.bootloader);
-            let mode = if c.missing_verity_allowed {
-                "insecure (no fs-verity)"
-            } else {
-                "verified (fs-verity)"
-            };
-            let _ = writeln!(out, "{:>w$}: {mode}", "Store");
         }
         let _ = writeln!(
             out,
@@ -268,6 +265,15 @@ fn render_entry(out: &mut String, booted: bool, label: &str, entry: &BootEntry, 
         if entry.download_only {
             let _ = writeln!(out, "{:>w$}: Download-only", "Staged state");
         }
+    }
+}
+
+/// Whether the kernel checks the deployment's files, for people.
+fn verity_text(c: &BootEntryComposefs) -> &'static str {
+    if c.missing_verity_allowed {
+        "not enforced (missing verity allowed)"
+    } else {
+        "enforced"
     }
 }
 
@@ -290,8 +296,9 @@ fn physical_root(sysroot: &Path, cmdline: &str) -> (PathBuf, Option<String>) {
 pub fn run(sysroot: &Path, args: StatusArgs) -> Result<()> {
     let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
     let (root, booted) = physical_root(sysroot, &cmdline);
-    let state = crate::deployments::load_state(&root)
+    let mut state = crate::deployments::load_state(&root)
         .with_context(|| format!("Loading deployments of {}", root.display()))?;
+    crate::seal::apply_verity_modes(&mut state, &root, booted.as_deref())?;
     if let Some(id) = &booted
         && !state.order.iter().chain(&state.others).any(|d| &d.id == id)
     {
@@ -441,13 +448,14 @@ mod tests {
 ● Booted image: quay.io/example/os:v2
         Digest: sha256:bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb (amd64)
        Version: v2 (2026-11-25T10:00:00Z)
+     fs-verity: not enforced (missing verity allowed)
 
 No rollback image is present
 ";
         assert_eq!(render_human(&host, false), expect);
         let verbose = render_human(&host, true);
         assert!(
-            verbose.contains("Store: insecure (no fs-verity)"),
+            verbose.contains("fs-verity: not enforced (missing verity allowed)"),
             "{verbose}"
         );
         assert!(verbose.contains("Bootloader: grub"), "{verbose}");

@@ -761,6 +761,8 @@ fn prune(
 pub(crate) async fn stage_and_finish(t: &Target, req: StageRequest, apply: bool) -> Result<()> {
     let store = Store::ensure(&t.sysroot)?;
     let lock = crate::image::lock(&store)?;
+    // A booted host whose kernel has fs-verity seals an insecure store first.
+    let store = crate::seal::seal_if_possible(t, store)?;
     let dep = match stage(t, &store, &req).await? {
         StageOutcome::Unchanged => {
             // Already staged on a running host: make sure the shutdown unit

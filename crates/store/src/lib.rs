@@ -5,6 +5,7 @@
 //! - [`lock`]: the sysroot-wide writer lock that serialises bootc processes.
 //! - [`tagname`]: how an image reference becomes a repository tag and back.
 //! - [`verity`]: probing whether the filesystem supports fs-verity.
+//! - [`seal`]: turning an insecure store into a verified one in place.
 //!
 //! **Architecture invariant**: this crate knows nothing about deployments,
 //! bootloaders or fetching. Callers hand it names and digests; it hands back
@@ -21,6 +22,7 @@
 //! ```
 
 pub mod lock;
+pub mod seal;
 pub mod tagname;
 pub mod verity;
 
@@ -35,6 +37,7 @@ use fn_error_context::context;
 
 pub use composefs_oci::OciDigest;
 pub use lock::{LockWait, WriteLock};
+pub use seal::{SealError, SealReport};
 
 /// The object identifier of our repositories: fs-verity SHA-256 digests.
 pub type ObjectId = Sha256HashValue;
@@ -278,10 +281,12 @@ impl Store {
 
     /// Mount the composefs image of the manifest `digest` read-only at `target`.
     ///
-    /// An insecure store is mounted without fs-verity checks even when the
-    /// EROFS image has verity: a verity-capable kernel enables it on what it
-    /// writes, so an insecure store can mix objects with and without verity,
-    /// and requiring it would fail reads of the older objects with EIO.
+    /// A secure (or sealed, see [`seal`]) store is mounted with overlayfs
+    /// `verity=require`. An insecure store is mounted without fs-verity
+    /// checks even when the EROFS image has verity: a verity-capable kernel
+    /// enables it on what it writes, so an insecure store can mix objects
+    /// with and without verity, and requiring it would fail reads of the
+    /// older objects with EIO.
     #[context("Mounting image {digest} at {}", target.display())]
     pub fn mount_image(&self, digest: &OciDigest, target: &Path) -> Result<()> {
         use composefs::fsverity::FsVerityHashValue;

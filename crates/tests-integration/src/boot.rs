@@ -22,6 +22,12 @@
 //!    status names the installed image and digest. A failure says which
 //!    stage broke ([`diagnose`]) with the relevant console lines.
 //!
+//! The UEFI test boots twice: the first boot seals the store (an install
+//! from this host is insecure) from a BOOTCTEST step, the second checks the
+//! deployment is mounted with fs-verity required ([`uefi_seal_test`]). The
+//! to-filesystem test installs with a separate /boot and checks the booted
+//! host mounts it at /sysroot/boot.
+//!
 //! Only a missing qemu skips these tests (with a "SKIP:" line); a failing
 //! install fails the test. VM tests run one at a time ([`vm::exclusive`]).
 
@@ -80,6 +86,10 @@ const BOOT_FAILURES: &[&str] = &[
 /// After the status block, time for the guest to power off by itself.
 const POWEROFF_GRACE: Duration = Duration::from_secs(60);
 
+/// Extra bound of a boot that runs a test step (sealing the store reads
+/// every object under TCG).
+const STEP_TIMEOUT: Duration = Duration::from_secs(300);
+
 /// Bound of one `bootc install`.
 const INSTALL_TIMEOUT: Duration = Duration::from_secs(900);
 
@@ -87,6 +97,10 @@ const INSTALL_TIMEOUT: Duration = Duration::from_secs(900);
 const ROOT_X86_64: &str = "4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709";
 /// GPT type of a BIOS boot partition (GRUB's core image).
 const BIOS_BOOT: &str = "21686148-6449-6E6F-744E-656564454649";
+/// GPT type of a generic Linux filesystem (the separate /boot).
+const LINUX_DATA: &str = "0FC63DAF-8483-4772-8E79-3D69D8477DE4";
+/// Label of the separate /boot filesystem of the to-filesystem test.
+const BOOT_LABEL: &str = "bootcboot";
 
 /// Hold the process-wide VM lock ([`vm::exclusive`]).
 fn vm_lock() -> std::sync::MutexGuard<'static, ()> {
@@ -513,12 +527,31 @@ fn check_podman_digest(dep: &Deployment) -> Result<()> {
 
 /// Boot `disk` and check the guest booted `dep`. Returns the run.
 fn boot_and_check(disk: &Path, firmware: Firmware, dep: &Deployment) -> Result<Run> {
-    let mut vm = Vm::builder()
+    boot_and_check_with(disk, firmware, dep, None)
+}
+
+/// [`boot_and_check`], with `step` (a directory holding `step.sh`) attached
+/// as the BOOTCTEST disk when given; the boot then runs until the test
+/// runner and the power-off unit are done.
+fn boot_and_check_with(
+    disk: &Path,
+    firmware: Firmware,
+    dep: &Deployment,
+    step: Option<&Path>,
+) -> Result<Run> {
+    let mut b = Vm::builder()
         .firmware(firmware)
         .disk(disk)
-        .fail_on(BOOT_FAILURES)
-        .build()?;
-    let r = vm.run_until_then_exit(STATUS_END, POWEROFF_GRACE, BOOT_TIMEOUT)?;
+        .fail_on(BOOT_FAILURES);
+    let (until, timeout) = match step {
+        Some(dir) => {
+            b = b.disk_from_dir(dir, "BOOTCTEST");
+            ("BOOTC-POWEROFF", BOOT_TIMEOUT + STEP_TIMEOUT)
+        }
+        None => (STATUS_END, BOOT_TIMEOUT),
+    };
+    let mut vm = b.build()?;
+    let r = vm.run_until_then_exit(until, POWEROFF_GRACE, timeout)?;
     println!(
         "{firmware:?} boot: status block after {:.1?}, qemu ended after {:.1?} ({:?})",
         r.matched_after.unwrap_or_default(),
@@ -531,7 +564,7 @@ fn boot_and_check(disk: &Path, firmware: Firmware, dep: &Deployment) -> Result<R
 
 fn check_boot(r: &Run, dep: &Deployment) -> Result<()> {
     ensure!(
-        r.matched(),
+        r.matched() && r.log.contains(STATUS_END),
         "no status block on the console: {}",
         diagnose(r)
     );
@@ -738,6 +771,83 @@ fn disk_test(ctx: &Ctx, firmware: Firmware, bootloader: &str) -> Result<()> {
     Ok(())
 }
 
+/// The step of the first boot of [`vm_boot_uefi_systemd_boot`]: seal the
+/// store (twice: the second run must find it sealed).
+const SEAL_STEP: &str = "set -eux
+bootc internals seal-store
+bootc internals seal-store | grep 'already sealed'
+";
+
+/// Whether the booted deployment runs with fs-verity enforced, as the
+/// console shows it: (`/` mounted with `verity=require`, the status's
+/// `composefs.missingVerityAllowed` of the booted deployment).
+fn booted_verity(r: &Run) -> Result<(bool, bool)> {
+    let root_line = vm::marker_value(&r.log, "BOOTC-FINDMNT-ROOT")
+        .context("no BOOTC-FINDMNT-ROOT line on the console (status unit)")?;
+    let root = vm::parse_findmnt_row(&root_line, false)
+        .with_context(|| format!("unexpected findmnt output for /: {root_line:?}"))?;
+    let status = r.status_json().context("status JSON (status side)")?;
+    let allowed = status["status"]["booted"]["composefs"]["missingVerityAllowed"]
+        .as_bool()
+        .with_context(|| format!("no booted composefs.missingVerityAllowed: {status}"))?;
+    Ok((
+        root.options.split(',').any(|o| o == "verity=require"),
+        allowed,
+    ))
+}
+
+/// UEFI/systemd-boot install on ext4 `-O verity` by this host (no fs-verity:
+/// an insecure store), then the way to secure mode: the first boot shows
+/// verity not enforced and seals the store (`bootc internals seal-store`
+/// from the BOOTCTEST step); the second boot mounts the deployment with
+/// fs-verity required and status says so. After the guest sealed it, the
+/// host never reads the store (this kernel cannot open files with
+/// fs-verity on ext4).
+fn uefi_seal_test(ctx: &Ctx) -> Result<()> {
+    ensure_example_image()?;
+    let disk = DiskFile::new()?;
+    install_to_disk(ctx, &disk.path, "systemd")?;
+    let dep = read_deployment(&disk.path)?;
+    println!("installed deployment {}: {}", dep.id, dep.json);
+    check_podman_digest(&dep)?;
+    ensure!(
+        dep.json["verity"] == "insecure",
+        "this host has no fs-verity, yet install recorded {} (install side)",
+        dep.json["verity"]
+    );
+
+    let step = tempfile::Builder::new()
+        .prefix("bootc-seal-step.")
+        .tempdir_in("/var/tmp")?;
+    fs::write(step.path().join("step.sh"), SEAL_STEP)?;
+    let r = boot_and_check_with(&disk.path, Firmware::Uefi, &dep, Some(step.path()))?;
+    let check_first = || -> Result<()> {
+        ensure!(
+            booted_verity(&r)? == (false, true),
+            "first boot: expected verity not enforced on / and missingVerityAllowed=true, got {:?}",
+            booted_verity(&r)?
+        );
+        let block = vm::parse_block(&r.log, "BOOTC-STEP-BEGIN", "BOOTC-STEP-END");
+        ensure!(
+            vm::marker_value(&r.log, "BOOTC-STEP-RC=0").is_some(),
+            "seal-store failed in the guest (seal side):\n{}",
+            block.unwrap_or_default()
+        );
+        Ok(())
+    };
+    check_first().map_err(|e| with_report(e, &r))?;
+
+    let r = boot_and_check(&disk.path, Firmware::Uefi, &dep)?;
+    let got = booted_verity(&r).map_err(|e| with_report(e, &r))?;
+    ensure!(
+        got == (true, false),
+        "after sealing: expected / mounted with verity=require and missingVerityAllowed=false, got {got:?} (initramfs/status side)\n{}",
+        failure_report(&r)
+    );
+    drop(disk.dir);
+    Ok(())
+}
+
 fn vm_boot_bios_grub(ctx: &Ctx) -> Result<()> {
     skip_without_qemu!();
     let _l = vm_lock();
@@ -747,11 +857,15 @@ fn vm_boot_bios_grub(ctx: &Ctx) -> Result<()> {
 fn vm_boot_uefi_systemd_boot(ctx: &Ctx) -> Result<()> {
     skip_without_qemu!();
     let _l = vm_lock();
-    disk_test(ctx, Firmware::Uefi, "systemd")
+    uefi_seal_test(ctx)
 }
 
-/// Partition a loop device ourselves (GPT: BIOS boot + ext4 root), mount the
-/// root, `bootc install to-filesystem` into it, unmount, boot with SeaBIOS.
+/// Partition a loop device ourselves (GPT: BIOS boot, a separate ext4
+/// /boot, ext4 root), mount the root and the boot filesystem at ROOT/boot,
+/// `bootc install to-filesystem --boot-mount-spec LABEL=…` into it, unmount,
+/// boot with SeaBIOS. GRUB loads the kernel from the boot filesystem, and a
+/// BOOTCTEST step shows the booted host mounted it at /sysroot/boot from the
+/// deployment's fstab line.
 fn vm_boot_to_filesystem_bios(ctx: &Ctx) -> Result<()> {
     skip_without_qemu!();
     let _l = vm_lock();
@@ -776,7 +890,7 @@ fn vm_boot_to_filesystem_bios(ctx: &Ctx) -> Result<()> {
         {
             use std::io::Write;
             let script = format!(
-                "label: gpt\nsize=1MiB, type={BIOS_BOOT}, name=\"BIOS-BOOT\"\ntype={ROOT_X86_64}, name=\"root\"\n"
+                "label: gpt\nsize=1MiB, type={BIOS_BOOT}, name=\"BIOS-BOOT\"\nsize=512MiB, type={LINUX_DATA}, name=\"boot\"\ntype={ROOT_X86_64}, name=\"root\"\n"
             );
             sfdisk
                 .stdin
@@ -786,21 +900,54 @@ fn vm_boot_to_filesystem_bios(ctx: &Ctx) -> Result<()> {
         }
         ensure!(sfdisk.wait()?.success(), "sfdisk on {} failed", lo.dev);
         run(Command::new("partx").args(["-a", &lo.dev]))?;
-        let root_dev = lo.partition(2)?;
+        let boot_dev = lo.partition(2)?;
+        let root_dev = lo.partition(3)?;
+        run(Command::new("mkfs.ext4").args(["-q", "-L", BOOT_LABEL, &boot_dev]))?;
         run(Command::new("mkfs.ext4").args(["-q", "-O", "verity", "-L", "root", &root_dev]))?;
         let out = run(Command::new("blkid").args(["-s", "UUID", "-o", "value", &root_dev]))?;
         uuid = String::from_utf8_lossy(&out.stdout).trim().to_owned();
         let m = Mounted::new(&root_dev, "rw")?;
-        let install = install_to_filesystem(ctx, m.path(), &[]);
+        let boot_dir = m.path().join("boot");
+        fs::create_dir(&boot_dir)?;
+        run(Command::new("mount").arg(&boot_dev).arg(&boot_dir))?;
+        let spec = format!("LABEL={BOOT_LABEL}");
+        let install = install_to_filesystem(ctx, m.path(), &["--boot-mount-spec", &spec]);
+        // Read before unmounting; errors are reported after.
+        let fstab = read_deployment_in(m.path()).and_then(|d| {
+            let p = m.path().join("state/deploy").join(&d.id).join("etc/fstab");
+            fs::read_to_string(&p).with_context(|| format!("Reading {}", p.display()))
+        });
+        let entries_on_boot = boot_dir.join("loader/entries").is_dir();
         // Unmount (and detach) before reading or booting, whatever happened.
+        if let Err(e) = run(Command::new("umount").arg(&boot_dir)) {
+            eprintln!("warning: unmounting {}: {e:#}", boot_dir.display());
+        }
         drop(m);
         drop(lo);
         install?;
+        let fstab = fstab.context("Reading the deployment's etc/fstab (install side)")?;
+        ensure!(
+            fstab
+                .lines()
+                .any(|l| l == format!("{spec} /sysroot/boot ext4 defaults 0 0")),
+            "the deployment's fstab does not mount {spec} at /sysroot/boot (install side):\n{fstab}"
+        );
+        ensure!(
+            entries_on_boot,
+            "no loader/entries on the separate boot filesystem (install side)"
+        );
         read_deployment(&disk.path)?
     };
     println!("installed deployment {}: {}", dep.id, dep.json);
     check_podman_digest(&dep)?;
-    let r = boot_and_check(&disk.path, Firmware::Bios, &dep)?;
+    let step = tempfile::Builder::new()
+        .prefix("bootc-boot-step.")
+        .tempdir_in("/var/tmp")?;
+    fs::write(
+        step.path().join("step.sh"),
+        "echo \"BOOTC-BOOT-MOUNT $(findmnt -n -o SOURCE,FSTYPE /sysroot/boot)\"\nls /sysroot/boot/loader/entries\n",
+    )?;
+    let r = boot_and_check_with(&disk.path, Firmware::Bios, &dep, Some(step.path()))?;
     // The root= of the entry names the filesystem we made.
     let cmdline = vm::marker_value(&r.log, "BOOTC-CMDLINE").unwrap_or_default();
     ensure!(
@@ -808,6 +955,12 @@ fn vm_boot_to_filesystem_bios(ctx: &Ctx) -> Result<()> {
             .split_whitespace()
             .any(|a| a == format!("root=UUID={uuid}")),
         "the entry's root= is not UUID={uuid} of the filesystem we made (install side): {cmdline}"
+    );
+    let boot_mount = vm::marker_value(&r.log, "BOOTC-BOOT-MOUNT").unwrap_or_default();
+    ensure!(
+        boot_mount.ends_with("ext4") && !boot_mount.starts_with("ext4"),
+        "/sysroot/boot in the guest is not the separate ext4 boot filesystem (fstab side): {boot_mount:?}\n{}",
+        failure_report(&r)
     );
     drop(disk.dir);
     Ok(())
