@@ -153,14 +153,20 @@ mod tests {
             (GRUB_TRIES_VAR.to_owned(), "2".to_owned()),
         ]);
         std::fs::write(&p, render_grubenv(&vars).unwrap()).unwrap();
-        let Ok(out) = std::process::Command::new("grub-editenv").arg(&p).arg("list").output()
+        let Ok(out) = std::process::Command::new("grub-editenv")
+            .arg(&p)
+            .arg("list")
+            .output()
         else {
             eprintln!("skipping: grub-editenv missing");
             return;
         };
         assert!(out.status.success());
         let listed = String::from_utf8_lossy(&out.stdout);
-        assert!(listed.contains(&format!("bootc_trial={}", "ab".repeat(32))), "{listed}");
+        assert!(
+            listed.contains(&format!("bootc_trial={}", "ab".repeat(32))),
+            "{listed}"
+        );
         assert!(listed.contains("bootc_tries=2"), "{listed}");
         let st = std::process::Command::new("grub-editenv")
             .arg(&p)
@@ -170,12 +176,20 @@ mod tests {
         assert!(st.success());
         let bytes = std::fs::read(&p).unwrap();
         assert_eq!(bytes.len(), GRUBENV_SIZE);
-        assert_eq!(grub_trial(&parse_grubenv(&bytes)), Some(("ab".repeat(32), 1)));
+        assert_eq!(
+            grub_trial(&parse_grubenv(&bytes)),
+            Some(("ab".repeat(32), 1))
+        );
     }
 
     #[test]
     fn grubenv_refuses_bad_input() {
-        for (k, v) in [("a b", "1"), ("", "1"), ("k", "a\nb"), ("k", &"x".repeat(1100))] {
+        for (k, v) in [
+            ("a b", "1"),
+            ("", "1"),
+            ("k", "a\nb"),
+            ("k", &"x".repeat(1100)),
+        ] {
             let vars = BTreeMap::from([(k.to_owned(), v.to_owned())]);
             assert!(render_grubenv(&vars).is_err(), "{k:?}={v:?}");
         }
@@ -190,18 +204,33 @@ mod tests {
         ));
         assert!(s.contains("if [ \"${bootc_tries}\" = \"0\" ]; then\n\t\tset default=1\n"));
         // Balanced: every `if` has its `fi`.
-        let ifs = s.lines().filter(|l| l.trim_start().starts_with("if ")).count();
+        let ifs = s
+            .lines()
+            .filter(|l| l.trim_start().starts_with("if "))
+            .count();
         let fis = s.lines().filter(|l| l.trim() == "fi").count();
         assert_eq!(ifs, fis);
     }
 
     #[test]
     fn counted_names() {
-        assert_eq!(counted_name("bootc-default-3.conf", 2), "bootc-default-3+2.conf");
+        assert_eq!(
+            counted_name("bootc-default-3.conf", 2),
+            "bootc-default-3+2.conf"
+        );
         let cases: &[(&str, Option<(&str, u32, u32)>)] = &[
-            ("bootc-default-3+2.conf", Some(("bootc-default-3.conf", 2, 0))),
-            ("bootc-default-3+0-2.conf", Some(("bootc-default-3.conf", 0, 2))),
-            ("bootc-default-3+1-1.conf", Some(("bootc-default-3.conf", 1, 1))),
+            (
+                "bootc-default-3+2.conf",
+                Some(("bootc-default-3.conf", 2, 0)),
+            ),
+            (
+                "bootc-default-3+0-2.conf",
+                Some(("bootc-default-3.conf", 0, 2)),
+            ),
+            (
+                "bootc-default-3+1-1.conf",
+                Some(("bootc-default-3.conf", 1, 1)),
+            ),
             ("bootc-default-3.conf", None),
             ("+1.conf", None),
             ("x+a.conf", None),

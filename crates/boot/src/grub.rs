@@ -261,7 +261,12 @@ menuentry 'Debian GNU/Linux 12 (bookworm) (1)' --id bootc-default-1 {{
         let cfg = render_grub_cfg(&entries, &target);
         assert!(cfg.contains("load_env"));
         use std::io::Write as _;
-        child.stdin.take().unwrap().write_all(cfg.as_bytes()).unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(cfg.as_bytes())
+            .unwrap();
         let out = child.wait_with_output().unwrap();
         assert!(
             out.status.success(),

@@ -238,8 +238,9 @@ fn mount_composefs_backed(
 ) -> Result<OwnedFd> {
     let (image_fd, has_verity) = repo.open_image(image)?;
     let source = match backing {
-        ErofsBacking::Loop => composefs_ioctls::loop_device::loopify(&image_fd)
-            .context("Creating a loop device")?,
+        ErofsBacking::Loop => {
+            composefs_ioctls::loop_device::loopify(&image_fd).context("Creating a loop device")?
+        }
         ErofsBacking::FileThenLoop => image_fd,
     };
     let objects = repo

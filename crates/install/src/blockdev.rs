@@ -634,7 +634,10 @@ mod tests {
             );
         }
         let empty = r#"{"partitiontable": {"label": "gpt"}}"#;
-        assert_eq!(parse_sfdisk_partition_by_type(empty, ESP_GUID).unwrap(), None);
+        assert_eq!(
+            parse_sfdisk_partition_by_type(empty, ESP_GUID).unwrap(),
+            None
+        );
         assert!(parse_sfdisk_partition_by_type("not json", ESP_GUID).is_err());
     }
 

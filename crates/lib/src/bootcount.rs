@@ -256,7 +256,10 @@ pub fn boot_check(sysroot: &Path) -> Result<()> {
     };
     let dep = deployment::load_deployment(&t.sysroot, &tr.id)?;
     let Some(dep) = dep else {
-        eprintln!("bootc: the deployment on trial {} is gone; ending the trial", tr.id);
+        eprintln!(
+            "bootc: the deployment on trial {} is gone; ending the trial",
+            tr.id
+        );
         let bl = deployment::load_deployment(&t.sysroot, &booted)?
             .map(|d| d.bootloader)
             .unwrap_or(Bootloader::None);
@@ -346,7 +349,11 @@ fn fall_back(t: &Target, tr: &Trial, booted: &str, bootloader: Bootloader) -> Re
         .filter_map(|id| order.iter().find(|(o, _)| o == id).map(|(_, e)| e.clone()))
         .collect();
     end_trial(t, bootloader)?;
-    publish_entries(t, booted_dep.bootloader, &renumber(entries, &booted_dep.stateroot))?;
+    publish_entries(
+        t,
+        booted_dep.bootloader,
+        &renumber(entries, &booted_dep.stateroot),
+    )?;
     println!(
         "bootc: deployment {} failed its {} boot tries; {booted} is the default again and {} is the rollback",
         tr.id, tr.tries, tr.id

@@ -64,7 +64,11 @@ async fn pull(sysroot: &Path, args: PullArgs) -> Result<()> {
         ListFormat::Table if args.quiet => {}
         ListFormat::Table => {
             let fetched = outcome.layers - outcome.layers_already_present;
-            let verb = if outcome.changed() { "Pulled" } else { "Unchanged" };
+            let verb = if outcome.changed() {
+                "Pulled"
+            } else {
+                "Unchanged"
+            };
             println!(
                 "{verb} {}: {}\n  layers: {} ({} fetched, {} already present); files: {} new ({} bytes), {} already present; store: {}",
                 outcome.image.image,
@@ -81,7 +85,6 @@ async fn pull(sysroot: &Path, args: PullArgs) -> Result<()> {
     }
     Ok(())
 }
-
 
 fn open_existing(sysroot: &Path) -> Result<Option<Store>> {
     Store::open(sysroot)
@@ -209,7 +212,10 @@ async fn fsck(sysroot: &Path, args: FsckArgs) -> Result<()> {
         }
     }
     if !report.ok {
-        bail!("Store {} failed its check", Store::repo_path(sysroot).display());
+        bail!(
+            "Store {} failed its check",
+            Store::repo_path(sysroot).display()
+        );
     }
     Ok(())
 }

@@ -8,10 +8,15 @@ use bootc_oci::progress::{JsonLinesWriter, ProgressMode, PullProgress};
 
 /// The reporter for pulling `image`: nothing with `--quiet`; progress-v0 JSON
 /// lines on `--progress-fd`; otherwise bars on stderr when it is a terminal.
-pub fn reporter(image: &ImageRef, quiet: bool, progress_fd: Option<u32>) -> Result<Arc<PullProgress>> {
+pub fn reporter(
+    image: &ImageRef,
+    quiet: bool,
+    progress_fd: Option<u32>,
+) -> Result<Arc<PullProgress>> {
     let mode = match (progress_fd, quiet) {
         (Some(fd), _) => {
-            let fd = i32::try_from(fd).map_err(|_| anyhow::anyhow!("--progress-fd {fd} is out of range"))?;
+            let fd = i32::try_from(fd)
+                .map_err(|_| anyhow::anyhow!("--progress-fd {fd} is out of range"))?;
             ProgressMode::Json(JsonLinesWriter::open_fd(fd)?)
         }
         (None, true) => ProgressMode::Quiet,

@@ -131,7 +131,10 @@ fn find_image(image: &str) -> Result<Option<Found>> {
             .rootfs()
             .diff_ids()
             .iter()
-            .map(|d| d.parse::<OciDigest>().with_context(|| format!("Parsing diff_id {d:?}")))
+            .map(|d| {
+                d.parse::<OciDigest>()
+                    .with_context(|| format!("Parsing diff_id {d:?}"))
+            })
             .collect::<Result<Vec<_>>>()?;
         ensure!(
             layer_ids.len() == diff_ids.len(),
@@ -215,7 +218,15 @@ fn import_layers(
     let mut reported = HashSet::new();
     let mut imported = Vec::new();
     with_writeback(repo, || {
-        import_missing(repo, &found, workers, progress, &mut stats, &mut reported, &mut imported)
+        import_missing(
+            repo,
+            &found,
+            workers,
+            progress,
+            &mut stats,
+            &mut reported,
+            &mut imported,
+        )
     })?;
     let fetched = CstorFetched {
         storage_root: found.root,
@@ -530,7 +541,11 @@ fn store_object(
     while left > 0 {
         let want = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
         let n = src.read(&mut buf[..want]).context("Reading")?;
-        ensure!(n > 0, "the file ended after {} of {size} bytes", size - left);
+        ensure!(
+            n > 0,
+            "the file ended after {} of {size} bytes",
+            size - left
+        );
         hasher.write_all(&buf[..n])?;
         out.write_all(&buf[..n]).context("Writing the object")?;
         left -= n as u64;

@@ -30,8 +30,7 @@ pub mod imgref;
 
 pub use entry::{
     AssessmentState, BootAssessment, BootEntry, BootEntryComposefs, BootEntryOstree, BootType,
-    Bootloader, ImageStatus, Store,
-    UnknownBootloader,
+    Bootloader, ImageStatus, Store, UnknownBootloader,
 };
 pub use host::{
     API_VERSION, BootOrder, FilesystemOverlay, FilesystemOverlayAccessMode,

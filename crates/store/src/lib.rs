@@ -266,7 +266,10 @@ impl Store {
         };
         for entry in rd {
             let name = entry?.file_name();
-            if let Some(diff_id) = name.to_str().and_then(|n| n.strip_prefix(LAYER_STREAM_PREFIX)) {
+            if let Some(diff_id) = name
+                .to_str()
+                .and_then(|n| n.strip_prefix(LAYER_STREAM_PREFIX))
+            {
                 out.insert(diff_id.to_owned());
             }
         }

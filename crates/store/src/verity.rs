@@ -28,7 +28,10 @@ pub fn probe(dir: &Path) -> Result<VerityMode> {
         Ok(()) | Err(EnableVerityError::AlreadyEnabled) => Ok(VerityMode::Verified),
         Err(EnableVerityError::FilesystemNotSupported) => Ok(VerityMode::Insecure),
         Err(e) => {
-            tracing::warn!("fs-verity probe in {} failed ({e}); using insecure mode", dir.display());
+            tracing::warn!(
+                "fs-verity probe in {} failed ({e}); using insecure mode",
+                dir.display()
+            );
             Ok(VerityMode::Insecure)
         }
     }

@@ -172,12 +172,24 @@ mod tests {
         let cases: &[(Option<&str>, Option<&str>, Result<u32, &str>)] = &[
             (None, None, Ok(DEFAULT_TRIES)),
             (None, Some("[boot]\ntries = 1\n"), Ok(1)),
-            (Some("[boot]\ntries = 0\n"), Some("[boot]\ntries = 1\n"), Ok(0)),
+            (
+                Some("[boot]\ntries = 0\n"),
+                Some("[boot]\ntries = 1\n"),
+                Ok(0),
+            ),
             (Some("[boot]\n"), Some("[boot]\ntries = 2\n"), Ok(2)),
             (Some(""), None, Ok(DEFAULT_TRIES)),
             (Some("[boot]\ntries = 50\n"), None, Ok(9)),
-            (Some("[boot]\ntries = -1\n"), None, Err("/etc/bootc/boot.toml")),
-            (None, Some("[boot]\ntriez = 1\n"), Err("/usr/lib/bootc/boot.toml")),
+            (
+                Some("[boot]\ntries = -1\n"),
+                None,
+                Err("/etc/bootc/boot.toml"),
+            ),
+            (
+                None,
+                Some("[boot]\ntriez = 1\n"),
+                Err("/usr/lib/bootc/boot.toml"),
+            ),
         ];
         for (etc, usr, expect) in cases {
             match (configured_tries(*etc, *usr, 9), expect) {
@@ -213,7 +225,11 @@ mod tests {
         assert_eq!(read_failure(root, &id).unwrap(), Some(f));
         remove_failure(root, &id).unwrap();
         assert_eq!(read_failure(root, &id).unwrap(), None);
-        std::fs::write(trial_path(root), "{\"id\":\"../x\",\"tries\":1,\"started\":\"\"}").unwrap();
+        std::fs::write(
+            trial_path(root),
+            "{\"id\":\"../x\",\"tries\":1,\"started\":\"\"}",
+        )
+        .unwrap();
         assert!(read_trial(root).is_err());
     }
 }

@@ -21,9 +21,7 @@ use anyhow::{Context, Result, bail, ensure};
 
 /// Run `cmd`, failing with its stderr when it exits non-zero.
 pub fn run(cmd: &mut Command) -> Result<Output> {
-    let out = cmd
-        .output()
-        .with_context(|| format!("Running {cmd:?}"))?;
+    let out = cmd.output().with_context(|| format!("Running {cmd:?}"))?;
     if !out.status.success() {
         bail!(
             "{cmd:?} failed ({}):\nstdout: {}\nstderr: {}",
@@ -78,7 +76,11 @@ impl Registry {
         };
         let deadline = Instant::now() + Duration::from_secs(20);
         while std::net::TcpStream::connect(&reg.addr).is_err() {
-            ensure!(Instant::now() < deadline, "registry did not come up on {}", reg.addr);
+            ensure!(
+                Instant::now() < deadline,
+                "registry did not come up on {}",
+                reg.addr
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
         Ok(reg)
@@ -146,11 +148,24 @@ impl ImageSpec {
         }
         fs::write(ctx.path().join("Containerfile"), containerfile)?;
         // Deterministic layers: same files, same mtimes, same tar.
-        run(Command::new("find")
-            .arg(ctx.path())
-            .args(["-exec", "touch", "-h", "-d", "@1700000000", "{}", "+"]))?;
+        run(Command::new("find").arg(ctx.path()).args([
+            "-exec",
+            "touch",
+            "-h",
+            "-d",
+            "@1700000000",
+            "{}",
+            "+",
+        ]))?;
         run(Command::new("podman")
-            .args(["build", "--isolation=chroot", "-q", "--timestamp", "1700000000", "-t"])
+            .args([
+                "build",
+                "--isolation=chroot",
+                "-q",
+                "--timestamp",
+                "1700000000",
+                "-t",
+            ])
             .arg(&self.name)
             .arg(ctx.path()))?;
         Ok(())
@@ -171,7 +186,9 @@ impl ImageSpec {
 
 /// Deterministic pseudo-random bytes (so layers are not all-compressible).
 pub fn noise(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    let mut x = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
     (0..len)
         .map(|_| {
             x ^= x << 13;
@@ -207,11 +224,17 @@ impl Bootc {
                     .context("Locating bootc binary")?
             }
         };
-        ensure!(bin.exists(), "{} missing: run `cargo build -p bootc` first or set BOOTC_BIN", bin.display());
+        ensure!(
+            bin.exists(),
+            "{} missing: run `cargo build -p bootc` first or set BOOTC_BIN",
+            bin.display()
+        );
         let confdir = tempfile::tempdir()?;
         let mut conf = String::new();
         for r in insecure {
-            conf.push_str(&format!("[[registry]]\nlocation = \"{r}\"\ninsecure = true\n\n"));
+            conf.push_str(&format!(
+                "[[registry]]\nlocation = \"{r}\"\ninsecure = true\n\n"
+            ));
         }
         fs::write(confdir.path().join("registries.conf"), conf)?;
         fs::write(
@@ -260,7 +283,10 @@ impl Bootc {
 
     /// `image pull --format json` and its parsed outcome.
     pub fn pull(&self, sysroot: &Path, imgref: &str) -> Result<serde_json::Value> {
-        let out = self.ok(sysroot, &["image", "pull", "--quiet", "--format", "json", imgref])?;
+        let out = self.ok(
+            sysroot,
+            &["image", "pull", "--quiet", "--format", "json", imgref],
+        )?;
         Ok(serde_json::from_slice(&out.stdout)?)
     }
 

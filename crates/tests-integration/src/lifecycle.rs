@@ -1112,7 +1112,13 @@ pub(crate) fn expect_karg(s: &Step, arg: &str, present: bool) -> Result<()> {
 }
 
 /// `status.<which>` names `image` over `transport` with `digest`.
-pub(crate) fn expect_entry(st: &Value, which: &str, transport: &str, image: &str, digest: &str) -> Result<()> {
+pub(crate) fn expect_entry(
+    st: &Value,
+    which: &str,
+    transport: &str,
+    image: &str,
+    digest: &str,
+) -> Result<()> {
     let e = &st["status"][which];
     ensure!(!e.is_null(), "status.{which} is null: {}", st["status"]);
     let img = &e["image"];
@@ -1132,7 +1138,12 @@ pub(crate) fn expect_entry(st: &Value, which: &str, transport: &str, image: &str
 /// `status.booted` is the image with `digest` (and, when given, named
 /// `image` over `transport`; install may record a normalised name, so a
 /// containers-storage name only has to end with it).
-pub(crate) fn expect_booted(st: &Value, transport: &str, image: Option<&str>, digest: &str) -> Result<()> {
+pub(crate) fn expect_booted(
+    st: &Value,
+    transport: &str,
+    image: Option<&str>,
+    digest: &str,
+) -> Result<()> {
     let e = &st["status"]["booted"];
     ensure!(!e.is_null(), "status.booted is null: {}", st["status"]);
     let img = &e["image"];

@@ -13,21 +13,51 @@ use crate::{Ctx, TestFn};
 
 /// The tests of this module.
 pub const TESTS: &[(&str, TestFn)] = &[
-    ("pull_registry_twice_fetches_once", pull_registry_twice_fetches_once),
-    ("pull_update_fetches_only_changed_layer", pull_update_fetches_only_changed_layer),
+    (
+        "pull_registry_twice_fetches_once",
+        pull_registry_twice_fetches_once,
+    ),
+    (
+        "pull_update_fetches_only_changed_layer",
+        pull_update_fetches_only_changed_layer,
+    ),
     ("pull_oci_and_oci_archive", pull_oci_and_oci_archive),
     ("pull_containers_storage", pull_containers_storage),
-    ("pull_through_registries_conf_mirror", pull_through_registries_conf_mirror),
-    ("policy_reject_imports_nothing", policy_reject_imports_nothing),
-    ("policy_signed_by_goes_through_skopeo_copy", policy_signed_by_goes_through_skopeo_copy),
-    ("enforce_sigpolicy_refuses_accept_anything", enforce_sigpolicy_refuses_accept_anything),
+    (
+        "pull_through_registries_conf_mirror",
+        pull_through_registries_conf_mirror,
+    ),
+    (
+        "policy_reject_imports_nothing",
+        policy_reject_imports_nothing,
+    ),
+    (
+        "policy_signed_by_goes_through_skopeo_copy",
+        policy_signed_by_goes_through_skopeo_copy,
+    ),
+    (
+        "enforce_sigpolicy_refuses_accept_anything",
+        enforce_sigpolicy_refuses_accept_anything,
+    ),
     ("missing_image_and_tag_errors", missing_image_and_tag_errors),
-    ("corrupted_blob_imports_nothing", corrupted_blob_imports_nothing),
-    ("kill_during_import_then_fsck_and_retry", kill_during_import_then_fsck_and_retry),
-    ("concurrent_pulls_wait_for_lock", concurrent_pulls_wait_for_lock),
+    (
+        "corrupted_blob_imports_nothing",
+        corrupted_blob_imports_nothing,
+    ),
+    (
+        "kill_during_import_then_fsck_and_retry",
+        kill_during_import_then_fsck_and_retry,
+    ),
+    (
+        "concurrent_pulls_wait_for_lock",
+        concurrent_pulls_wait_for_lock,
+    ),
     ("list_reports_insecure_store", list_reports_insecure_store),
     ("pull_example_bootable_image", pull_example_bootable_image),
-    ("pull_progress_fd_writes_json_lines", pull_progress_fd_writes_json_lines),
+    (
+        "pull_progress_fd_writes_json_lines",
+        pull_progress_fd_writes_json_lines,
+    ),
 ];
 
 /// Three layers of files big enough not to be inlined (composefs stores
@@ -44,7 +74,10 @@ fn three_layers(tag: &str, changed: u64) -> Vec<Layer> {
         .collect();
     // `changed` new files in the top layer.
     for i in 0..changed {
-        top.push((format!("usr/lib/top/new{i}-{tag}"), noise(5000 + i * 7 + changed, 3000)));
+        top.push((
+            format!("usr/lib/top/new{i}-{tag}"),
+            noise(5000 + i * 7 + changed, 3000),
+        ));
     }
     vec![base, mid, top]
 }
@@ -66,15 +99,28 @@ fn pull_registry_twice_fetches_once(ctx: &Ctx) -> Result<()> {
     img.build()?;
     img.push(&registry_ref(ctx, "twice:v1"))?;
     let sysroot = tempfile::tempdir()?;
-    let r = ctx.bootc.pull(sysroot.path(), &registry_ref(ctx, "twice:v1"))?;
+    let r = ctx
+        .bootc
+        .pull(sysroot.path(), &registry_ref(ctx, "twice:v1"))?;
     ensure!(r["layers"] == 3 && r["layersAlreadyPresent"] == 0, "{r}");
-    ensure!(r["objectsNew"].as_u64() == Some(35), "35 files expected as objects: {r}");
+    ensure!(
+        r["objectsNew"].as_u64() == Some(35),
+        "35 files expected as objects: {r}"
+    );
     let first = ctx.registry.blob_gets("twice")?;
-    ensure!(first.len() == 4, "config + 3 layers fetched once: {first:?}");
+    ensure!(
+        first.len() == 4,
+        "config + 3 layers fetched once: {first:?}"
+    );
     let objects = count_objects(sysroot.path())?;
 
-    let r2 = ctx.bootc.pull(sysroot.path(), &registry_ref(ctx, "twice:v1"))?;
-    ensure!(r2["layersAlreadyPresent"] == 3 && r2["objectsNew"] == 0, "{r2}");
+    let r2 = ctx
+        .bootc
+        .pull(sysroot.path(), &registry_ref(ctx, "twice:v1"))?;
+    ensure!(
+        r2["layersAlreadyPresent"] == 3 && r2["objectsNew"] == 0,
+        "{r2}"
+    );
     let second = ctx.registry.blob_gets("twice")?;
     let layer_gets: Vec<_> = second[first.len()..].to_vec();
     ensure!(
@@ -85,14 +131,23 @@ fn pull_registry_twice_fetches_once(ctx: &Ctx) -> Result<()> {
     // the EROFS image into it), leaving at most a couple of small unreferenced
     // objects until the next gc; no file content is stored twice.
     let after = count_objects(sysroot.path())?;
-    ensure!(after <= objects + 2, "no new content: {objects} before, {after} after; {r2}");
+    ensure!(
+        after <= objects + 2,
+        "no new content: {objects} before, {after} after; {r2}"
+    );
     ctx.bootc.ok(sysroot.path(), &["image", "gc"])?;
     let after_gc = count_objects(sysroot.path())?;
-    ensure!(after_gc <= objects, "gc reclaims the leftovers: {objects} before, {after_gc} after gc");
+    ensure!(
+        after_gc <= objects,
+        "gc reclaims the leftovers: {objects} before, {after_gc} after gc"
+    );
     let list = ctx.bootc.list(sysroot.path())?;
     ensure!(list.len() == 1, "{list:?}");
     // Registry references are recorded as upstream bootc prints them: no prefix.
-    ensure!(list[0]["image"] == format!("{}/twice:v1", ctx.registry.addr), "{list:?}");
+    ensure!(
+        list[0]["image"] == format!("{}/twice:v1", ctx.registry.addr),
+        "{list:?}"
+    );
     ensure!(list[0]["manifestDigest"] == r["image"]["manifestDigest"]);
     ctx.bootc.ok(sysroot.path(), &["image", "fsck"])?;
     Ok(())
@@ -106,15 +161,25 @@ fn pull_update_fetches_only_changed_layer(ctx: &Ctx) -> Result<()> {
     // Same repository, same tag: an update as a host would see it.
     v1.push(&registry_ref(ctx, "update:latest"))?;
     let sysroot = tempfile::tempdir()?;
-    let r1 = ctx.bootc.pull(sysroot.path(), &registry_ref(ctx, "update:latest"))?;
+    let r1 = ctx
+        .bootc
+        .pull(sysroot.path(), &registry_ref(ctx, "update:latest"))?;
     let before_gets = ctx.registry.blob_gets("update")?.len();
     let before_objects = count_objects(sysroot.path())?;
 
     v2.push(&registry_ref(ctx, "update:latest"))?;
-    let r2 = ctx.bootc.pull(sysroot.path(), &registry_ref(ctx, "update:latest"))?;
+    let r2 = ctx
+        .bootc
+        .pull(sysroot.path(), &registry_ref(ctx, "update:latest"))?;
     ensure!(r1["image"]["manifestDigest"] != r2["image"]["manifestDigest"]);
-    ensure!(r2["previousDigest"] == r1["image"]["manifestDigest"], "{r2}");
-    ensure!(r2["layersAlreadyPresent"] == 2, "two layers unchanged: {r2}");
+    ensure!(
+        r2["previousDigest"] == r1["image"]["manifestDigest"],
+        "{r2}"
+    );
+    ensure!(
+        r2["layersAlreadyPresent"] == 2,
+        "two layers unchanged: {r2}"
+    );
     ensure!(r2["objectsNew"] == 3, "only the 3 new files stored: {r2}");
     let gets = ctx.registry.blob_gets("update")?;
     let new_gets: HashSet<_> = gets[before_gets..].iter().collect();
@@ -141,23 +206,40 @@ fn pull_oci_and_oci_archive(ctx: &Ctx) -> Result<()> {
     let archive = dir.path().join("img.tar");
     img.push(&format!("oci-archive:{}:v1", archive.display()))?;
     let sysroot = tempfile::tempdir()?;
-    let a = ctx.bootc.pull(sysroot.path(), &format!("oci:{}:v1", layout.display()))?;
-    ensure!(a["path"] == "layout", "{a}");
-    let b = ctx
+    let a = ctx
         .bootc
-        .pull(sysroot.path(), &format!("oci-archive:{}:v1", archive.display()))?;
-    ensure!(b["layersAlreadyPresent"] == 3, "same layers as the layout: {b}");
+        .pull(sysroot.path(), &format!("oci:{}:v1", layout.display()))?;
+    ensure!(a["path"] == "layout", "{a}");
+    let b = ctx.bootc.pull(
+        sysroot.path(),
+        &format!("oci-archive:{}:v1", archive.display()),
+    )?;
+    ensure!(
+        b["layersAlreadyPresent"] == 3,
+        "same layers as the layout: {b}"
+    );
     ensure!(a["image"]["configDigest"] == b["image"]["configDigest"]);
     let list = ctx.bootc.list(sysroot.path())?;
     ensure!(list.len() == 2, "{list:?}");
     // --transport with an unprefixed name.
     let c = ctx.bootc.ok(
         sysroot.path(),
-        &["image", "pull", "--quiet", "--format", "json", "--transport", "oci",
-          &format!("{}:v1", layout.display())],
+        &[
+            "image",
+            "pull",
+            "--quiet",
+            "--format",
+            "json",
+            "--transport",
+            "oci",
+            &format!("{}:v1", layout.display()),
+        ],
     )?;
     let c: Value = serde_json::from_slice(&c.stdout)?;
-    ensure!(c["image"]["manifestDigest"] == a["image"]["manifestDigest"], "{c}");
+    ensure!(
+        c["image"]["manifestDigest"] == a["image"]["manifestDigest"],
+        "{c}"
+    );
     Ok(())
 }
 
@@ -192,7 +274,14 @@ fn pull_through_registries_conf_mirror(ctx: &Ctx) -> Result<()> {
         .bootc
         .cmd(sysroot.path())
         .env("CONTAINERS_REGISTRIES_CONF", &conf)
-        .args(["image", "pull", "--quiet", "--format", "json", "primary.example.invalid/os:v1"]))?;
+        .args([
+            "image",
+            "pull",
+            "--quiet",
+            "--format",
+            "json",
+            "primary.example.invalid/os:v1",
+        ]))?;
     let r: Value = serde_json::from_slice(&out.stdout)?;
     ensure!(r["layers"] == 3, "{r}");
     ensure!(
@@ -260,7 +349,10 @@ fn policy_signed_by_goes_through_skopeo_copy(ctx: &Ctx) -> Result<()> {
         .stderr(Stdio::piped())
         .output()?;
     let err = String::from_utf8_lossy(&out.stderr);
-    ensure!(!out.status.success(), "an unsigned image must not pass signedBy");
+    ensure!(
+        !out.status.success(),
+        "an unsigned image must not pass signedBy"
+    );
     ensure!(err.contains("signature policy"), "{err}");
     ensure!(
         err.to_lowercase().contains("signature"),
@@ -279,7 +371,12 @@ fn enforce_sigpolicy_refuses_accept_anything(ctx: &Ctx) -> Result<()> {
     let sysroot = tempfile::tempdir()?;
     let err = ctx.bootc.fails(
         sysroot.path(),
-        &["image", "pull", "--enforce-container-sigpolicy", &registry_ref(ctx, "twice:v1")],
+        &[
+            "image",
+            "pull",
+            "--enforce-container-sigpolicy",
+            &registry_ref(ctx, "twice:v1"),
+        ],
     )?;
     ensure!(err.contains("insecureAcceptAnything"), "{err}");
     ensure!(ctx.bootc.list(sysroot.path())?.is_empty());
@@ -294,15 +391,19 @@ fn missing_image_and_tag_errors(ctx: &Ctx) -> Result<()> {
     for missing in ["nosuchimage:v1", "hastag:nosuchtag"] {
         let r = registry_ref(ctx, missing);
         let err = ctx.bootc.fails(sysroot.path(), &["image", "pull", &r])?;
-        ensure!(err.contains(&r) || err.contains(missing), "error names the image: {err}");
+        ensure!(
+            err.contains(&r) || err.contains(missing),
+            "error names the image: {err}"
+        );
         ensure!(
             err.contains("manifest unknown") || err.contains("not found"),
             "error says what is missing: {err}"
         );
     }
-    let err = ctx
-        .bootc
-        .fails(sysroot.path(), &["image", "pull", "oci:/nonexistent/layout:v1"])?;
+    let err = ctx.bootc.fails(
+        sysroot.path(),
+        &["image", "pull", "oci:/nonexistent/layout:v1"],
+    )?;
     ensure!(err.contains("/nonexistent/layout"), "{err}");
     ensure!(ctx.bootc.list(sysroot.path())?.is_empty());
     Ok(())
@@ -315,7 +416,10 @@ fn registry_blob_path(ctx: &Ctx, digest: &str) -> Result<std::path::PathBuf> {
         .arg(ctx.registry.log.parent().context("registry dir")?)
         .args(["-path", &format!("*/blobs/sha256/{}/{hex}/data", &hex[..2])]))?;
     let p = String::from_utf8(out.stdout)?;
-    let p = p.lines().next().context("blob not found in registry storage")?;
+    let p = p
+        .lines()
+        .next()
+        .context("blob not found in registry storage")?;
     Ok(p.into())
 }
 
@@ -326,7 +430,10 @@ fn corrupted_blob_imports_nothing(ctx: &Ctx) -> Result<()> {
     img.push(&dest)?;
     let inspect = run(Command::new("skopeo").args(["inspect", "--tls-verify=false", &dest]))?;
     let inspect: Value = serde_json::from_slice(&inspect.stdout)?;
-    let top = inspect["Layers"][2].as_str().context("layer digest")?.to_owned();
+    let top = inspect["Layers"][2]
+        .as_str()
+        .context("layer digest")?
+        .to_owned();
     let blob = registry_blob_path(ctx, &top)?;
     let orig = fs::read(&blob)?;
     for (what, data) in [
@@ -349,14 +456,26 @@ fn corrupted_blob_imports_nothing(ctx: &Ctx) -> Result<()> {
         let err = String::from_utf8_lossy(&out.stderr);
         ensure!(!out.status.success(), "{what}: the pull must fail");
         ensure!(!err.contains("panicked"), "{what}: {err}");
-        ensure!(err.contains(&top), "{what}: error names the layer {top}: {err}");
         ensure!(
-            ["corrupted blob", "unexpected EOF", "bytes in blob", "deflate", "gzip"]
-                .iter()
-                .any(|n| err.contains(n)),
+            err.contains(&top),
+            "{what}: error names the layer {top}: {err}"
+        );
+        ensure!(
+            [
+                "corrupted blob",
+                "unexpected EOF",
+                "bytes in blob",
+                "deflate",
+                "gzip"
+            ]
+            .iter()
+            .any(|n| err.contains(n)),
             "{what}: error names the digest or truncation problem: {err}"
         );
-        ensure!(ctx.bootc.list(sysroot.path())?.is_empty(), "{what}: nothing visible");
+        ensure!(
+            ctx.bootc.list(sysroot.path())?.is_empty(),
+            "{what}: nothing visible"
+        );
         // And the store stays consistent.
         if sysroot.path().join("composefs").exists() {
             ctx.bootc.ok(sysroot.path(), &["image", "fsck"])?;
@@ -371,7 +490,12 @@ fn kill_during_import_then_fsck_and_retry(ctx: &Ctx) -> Result<()> {
     let layers: Vec<Layer> = (0..4)
         .map(|l| {
             (0..400)
-                .map(|i| (format!("usr/lib/big{l}/f{i}"), noise(l * 10_000 + i, 16 * 1024)))
+                .map(|i| {
+                    (
+                        format!("usr/lib/big{l}/f{i}"),
+                        noise(l * 10_000 + i, 16 * 1024),
+                    )
+                })
                 .collect()
         })
         .collect();
@@ -413,7 +537,12 @@ fn concurrent_pulls_wait_for_lock(ctx: &Ctx) -> Result<()> {
     let layers: Vec<Layer> = (0..2)
         .map(|l| {
             (0..300)
-                .map(|i| (format!("usr/lib/c{l}/f{i}"), noise(77_000 + l * 1000 + i, 16 * 1024)))
+                .map(|i| {
+                    (
+                        format!("usr/lib/c{l}/f{i}"),
+                        noise(77_000 + l * 1000 + i, 16 * 1024),
+                    )
+                })
                 .collect()
         })
         .collect();
@@ -442,7 +571,10 @@ fn concurrent_pulls_wait_for_lock(ctx: &Ctx) -> Result<()> {
         String::from_utf8_lossy(&a.stderr),
         String::from_utf8_lossy(&b.stderr)
     );
-    ensure!(both.contains("Waiting: another bootc process"), "one waited: {both}");
+    ensure!(
+        both.contains("Waiting: another bootc process"),
+        "one waited: {both}"
+    );
     ctx.bootc.ok(sysroot.path(), &["image", "fsck"])?;
     ensure!(ctx.bootc.list(sysroot.path())?.len() == 1);
     Ok(())
@@ -472,23 +604,40 @@ fn list_reports_insecure_store(ctx: &Ctx) -> Result<()> {
 /// then mounted to check the kernel and initramfs are where install looks.
 fn pull_example_bootable_image(ctx: &Ctx) -> Result<()> {
     let src = "localhost/bootc-example:latest";
-    let have = Command::new("podman").args(["image", "exists", src]).status()?;
-    ensure!(have.success(), "{src} missing: run examples/build.sh latest first (scripts/test.sh does)");
+    let have = Command::new("podman")
+        .args(["image", "exists", src])
+        .status()?;
+    ensure!(
+        have.success(),
+        "{src} missing: run examples/build.sh latest first (scripts/test.sh does)"
+    );
     let sysroot = tempfile::tempdir()?;
-    let a = ctx.bootc.pull(sysroot.path(), &format!("containers-storage:{src}"))?;
-    ensure!(a["objectsNew"].as_u64().unwrap_or(0) > 1000, "a real OS: {a}");
+    let a = ctx
+        .bootc
+        .pull(sysroot.path(), &format!("containers-storage:{src}"))?;
+    ensure!(
+        a["objectsNew"].as_u64().unwrap_or(0) > 1000,
+        "a real OS: {a}"
+    );
     let dest = registry_ref(ctx, "bootc-example:latest");
     run(Command::new("skopeo").args([
-        "copy", "--quiet", "--dest-tls-verify=false",
-        &format!("containers-storage:{src}"), &dest,
+        "copy",
+        "--quiet",
+        "--dest-tls-verify=false",
+        &format!("containers-storage:{src}"),
+        &dest,
     ]))?;
     let b = ctx.bootc.pull(sysroot.path(), &dest)?;
     ensure!(b["objectsNew"] == 0, "every file already stored: {b}");
     let mnt = tempfile::tempdir()?;
     ctx.bootc.ok(
         sysroot.path(),
-        &["image", "mount", &format!("{}/bootc-example:latest", ctx.registry.addr),
-          mnt.path().to_str().context("utf8")?],
+        &[
+            "image",
+            "mount",
+            &format!("{}/bootc-example:latest", ctx.registry.addr),
+            mnt.path().to_str().context("utf8")?,
+        ],
     )?;
     let check = (|| -> Result<()> {
         let modules = fs::read_dir(mnt.path().join("usr/lib/modules"))?
@@ -496,10 +645,17 @@ fn pull_example_bootable_image(ctx: &Ctx) -> Result<()> {
             .context("no kernel in /usr/lib/modules")??
             .path();
         ensure!(modules.join("vmlinuz").is_file(), "{}", modules.display());
-        ensure!(modules.join("initramfs.img").is_file(), "{}", modules.display());
+        ensure!(
+            modules.join("initramfs.img").is_file(),
+            "{}",
+            modules.display()
+        );
         ensure!(mnt.path().join("usr/bin/bootc").is_file());
         // Read-only.
-        ensure!(fs::write(mnt.path().join("usr/x"), b"x").is_err(), "mount is writable");
+        ensure!(
+            fs::write(mnt.path().join("usr/x"), b"x").is_err(),
+            "mount is writable"
+        );
         Ok(())
     })();
     run(Command::new("umount").arg(mnt.path()))?;
@@ -528,15 +684,34 @@ fn pull_progress_fd_writes_json_lines(ctx: &Ctx) -> Result<()> {
         .map(serde_json::from_str)
         .collect::<Result<_, _>>()
         .with_context(|| format!("every line is JSON: {text}"))?;
-    ensure!(lines.first().map(|l| l["type"] == "Start").unwrap_or(false), "{text}");
-    let bytes: Vec<&Value> = lines.iter().filter(|l| l["type"] == "ProgressBytes").collect();
+    ensure!(
+        lines.first().map(|l| l["type"] == "Start").unwrap_or(false),
+        "{text}"
+    );
+    let bytes: Vec<&Value> = lines
+        .iter()
+        .filter(|l| l["type"] == "ProgressBytes")
+        .collect();
     ensure!(!bytes.is_empty(), "{text}");
     let last = bytes.last().context("a last event")?;
-    for key in ["task", "description", "id", "bytesCached", "bytes", "bytesTotal",
-                "stepsCached", "steps", "stepsTotal", "subtasks"] {
+    for key in [
+        "task",
+        "description",
+        "id",
+        "bytesCached",
+        "bytes",
+        "bytesTotal",
+        "stepsCached",
+        "steps",
+        "stepsTotal",
+        "subtasks",
+    ] {
         ensure!(!last[key].is_null(), "{key} missing in {last}");
     }
-    ensure!(last["steps"] == 3 && last["stepsTotal"] == 3, "all layers done: {last}");
+    ensure!(
+        last["steps"] == 3 && last["stepsTotal"] == 3,
+        "all layers done: {last}"
+    );
     fs::remove_file(&events)?;
     Ok(())
 }

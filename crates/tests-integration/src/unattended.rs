@@ -45,7 +45,8 @@ use crate::lifecycle::{
 use crate::{Ctx, TestFn};
 
 /// The tests of this module.
-pub const TESTS: &[(&str, TestFn)] = &[("vm_unattended_auto_rollback", vm_unattended_auto_rollback)];
+pub const TESTS: &[(&str, TestFn)] =
+    &[("vm_unattended_auto_rollback", vm_unattended_auto_rollback)];
 
 /// The installed image.
 const V2: &str = "localhost/bootc-example:v2";
@@ -80,9 +81,15 @@ fn vm_unattended_auto_rollback(ctx: &Ctx) -> Result<()> {
     let _l = LOCK.lock().unwrap_or_else(|e| e.into_inner());
     let t0 = Instant::now();
     let v2_id = podman_image_id(V2)?.with_context(|| {
-        format!("{V2} is not in podman's storage: run `examples/build.sh v2 --build-arg VARIANT=v2`")
+        format!(
+            "{V2} is not in podman's storage: run `examples/build.sh v2 --build-arg VARIANT=v2`"
+        )
     })?;
-    derive(&v2_id, UNHEALTHY, "RUN rm /usr/share/bootc-example/healthy\n")?;
+    derive(
+        &v2_id,
+        UNHEALTHY,
+        "RUN rm /usr/share/bootc-example/healthy\n",
+    )?;
     derive(
         &v2_id,
         V4,
@@ -120,7 +127,14 @@ fn derive(v2_id: &str, tag: &str, lines: &str) -> Result<()> {
         format!("FROM {v2_id}\n{lines}LABEL {FROM_LABEL}={v2_id}\n"),
     )?;
     run(Command::new("podman")
-        .args(["build", "--isolation=chroot", "--layers=false", "-t", tag, "-f"])
+        .args([
+            "build",
+            "--isolation=chroot",
+            "--layers=false",
+            "-t",
+            tag,
+            "-f",
+        ])
         .arg(dir.path().join("Containerfile"))
         .arg(dir.path()))
     .with_context(|| format!("Building {tag} from {V2}"))?;
@@ -280,7 +294,8 @@ R human bootc status --format humanreadable --verbose
                 before["status"]["booted"]
             );
             ensure!(
-                s.val("ro_before").is_some_and(|v| v.contains("Read-only file system")),
+                s.val("ro_before")
+                    .is_some_and(|v| v.contains("Read-only file system")),
                 "/usr was writable before usr-overlay: {:?}",
                 s.val("ro_before")
             );
@@ -366,7 +381,10 @@ sleep 600
                 log.contains(&format!("composefs={bad_id}")),
                 "the trial boot did not boot the unhealthy deployment {bad_id}"
             );
-            ensure!(log.contains("BOOTC-HEALTH-FAILED"), "the health check did not fail");
+            ensure!(
+                log.contains("BOOTC-HEALTH-FAILED"),
+                "the health check did not fail"
+            );
             ensure!(
                 log.contains(&format!("boot of deployment {bad_id} failed"))
                     && log.contains("bootc-example-health.service"),
@@ -435,7 +453,10 @@ J overlaid bootc status --format json
         )?;
         (|| -> Result<()> {
             let log = vm::tail_lines(&r.log, usize::MAX);
-            ensure!(log.contains("BOOTC-HEALTH-OK"), "v4's health check did not pass");
+            ensure!(
+                log.contains("BOOTC-HEALTH-OK"),
+                "v4's health check did not pass"
+            );
             ensure!(log.contains("is blessed"), "v4 was not blessed");
             let st = s.json("status")?;
             expect_booted(&st, "oci", Some(v4_ref), &v4)?;
@@ -449,7 +470,8 @@ J overlaid bootc status --format json
             expect_karg(&s, "bootc.tuned=1", true)?;
             s.expect_rc("overlay_ro", 0)?;
             ensure!(
-                s.val("ro_write").is_some_and(|v| v.contains("Read-only file system")),
+                s.val("ro_write")
+                    .is_some_and(|v| v.contains("Read-only file system")),
                 "/usr was writable under a read-only usr-overlay: {:?}",
                 s.val("ro_write")
             );
