@@ -1011,13 +1011,10 @@ impl Step {
     /// What a step printed before the guest went down in its middle (a
     /// reboot by `--apply`): from BOOTC-STEP-BEGIN to the end of the log.
     pub(crate) fn parse_partial(r: &Run) -> Self {
-        let clean = vm::tail_lines(&r.log, usize::MAX);
-        let text = clean
-            .split_once("BOOTC-STEP-BEGIN")
-            .map(|(_, rest)| rest.split("BOOTC-STEP-END").next().unwrap_or(rest))
-            .unwrap_or_default()
-            .trim_start_matches('\n')
-            .to_owned();
+        // An end marker after the log closes the last block.
+        let log = format!("{}\nBOOTC-STEP-END\n", r.log);
+        let text =
+            vm::parse_block(&log, "BOOTC-STEP-BEGIN", "BOOTC-STEP-END").unwrap_or_default();
         Self { text, rc: None }
     }
 

@@ -28,6 +28,10 @@
 //! 5. v4 boots on trial, its health check passes, it is blessed; the tool's
 //!    argument carried over; `usr-overlay --read-only`.
 //! 6. v4 boots again (it stays).
+//!
+//! `BOOTC_UNATTENDED_FIRMWARE=uefi` runs the same scenario on OVMF with
+//! systemd-boot, whose own boot counting (`+N` entry names on the ESP) then
+//! does the counting; the default (BIOS/GRUB) is what the test command runs.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -141,6 +145,15 @@ fn derive(v2_id: &str, tag: &str, lines: &str) -> Result<()> {
     Ok(())
 }
 
+/// The firmware of the scenario: BIOS (GRUB) unless
+/// `BOOTC_UNATTENDED_FIRMWARE=uefi` (systemd-boot).
+fn firmware() -> Firmware {
+    match std::env::var("BOOTC_UNATTENDED_FIRMWARE").as_deref() {
+        Ok("uefi") => Firmware::Uefi,
+        _ => Firmware::Bios,
+    }
+}
+
 struct Host {
     disk: PathBuf,
     testdisk: PathBuf,
@@ -165,7 +178,7 @@ impl Host {
                 "--source-imgref",
                 &format!("containers-storage:{V2}"),
                 "--bootloader",
-                "grub",
+                if firmware() == Firmware::Uefi { "systemd" } else { "grub" },
                 "--karg",
                 "bootc.test.poweroff=1",
             ])
@@ -225,7 +238,7 @@ impl Host {
         self.set_step(step)?;
         self.boots += 1;
         let mut vm = Vm::builder()
-            .firmware(Firmware::Bios)
+            .firmware(firmware())
             .disk(&self.disk)
             .disk(&self.testdisk)
             .build()?;
@@ -445,6 +458,7 @@ sleep 600
             r#"J status bootc status --format json
 V variant cat /usr/share/bootc-example/variant
 V grubenv sh -c 'grep -a "^bootc_" /sysroot/boot/grub/grubenv || echo none'
+V counted sh -c 'test -e /dev/disk/by-label/EFI-SYSTEM || { echo none; exit 0; }; MTOOLS_SKIP_CHECK=1 mdir -b -i /dev/disk/by-label/EFI-SYSTEM ::/loader/entries 2>/dev/null | grep "+" || echo none'
 V cmdline cat /proc/cmdline
 R overlay_ro bootc usr-overlay --read-only
 V ro_write sh -c 'touch /usr/.y 2>&1 && echo writable'
@@ -467,6 +481,7 @@ J overlaid bootc status --format json
             );
             s.expect_val("variant", "v4")?;
             s.expect_val("grubenv", "none")?;
+            s.expect_val("counted", "none")?;
             expect_karg(&s, "bootc.tuned=1", true)?;
             s.expect_rc("overlay_ro", 0)?;
             ensure!(
