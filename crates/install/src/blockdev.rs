@@ -464,11 +464,14 @@ pub fn find_partition_by_type(disk: &Path, guid: &str) -> Result<Option<PathBuf>
     if let Some(p) = find_partition_by_type_lsblk(disk, guid)? {
         return Ok(Some(p));
     }
-    let out = Command::new("sfdisk")
-        .arg("--json")
-        .arg(disk)
-        .output()
-        .context("Running sfdisk --json")?;
+    let out = match Command::new("sfdisk").arg("--json").arg(disk).output() {
+        Ok(out) => out,
+        // No sfdisk (a minimal booted image): probe the partitions directly.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return find_partition_by_type_blkid(disk, guid);
+        }
+        Err(e) => return Err(e).context("Running sfdisk --json"),
+    };
     if !out.status.success() {
         // No partition table sfdisk knows: no such partition.
         tracing::debug!(
@@ -506,6 +509,42 @@ fn parse_sfdisk_partition_by_type(json: &str, guid: &str) -> Result<Option<PathB
         .into_iter()
         .find(|p| p.ty.eq_ignore_ascii_case(guid))
         .map(|p| PathBuf::from(p.node)))
+}
+
+/// The first partition of `disk` (by the kernel's partition list in
+/// sysfs) whose type `blkid -p` (a direct probe, no udev) reads as `guid`.
+fn find_partition_by_type_blkid(disk: &Path, guid: &str) -> Result<Option<PathBuf>> {
+    let name = disk
+        .file_name()
+        .and_then(|n| n.to_str())
+        .with_context(|| format!("{} has no device name", disk.display()))?;
+    let sys = Path::new("/sys/class/block").join(name);
+    let mut parts: Vec<(u32, String)> = Vec::new();
+    for ent in std::fs::read_dir(&sys).with_context(|| format!("Reading {}", sys.display()))? {
+        let ent = ent?;
+        let Ok(n) = std::fs::read_to_string(ent.path().join("partition")) else {
+            continue;
+        };
+        if let (Ok(n), Some(p)) = (n.trim().parse(), ent.file_name().to_str()) {
+            parts.push((n, p.to_owned()));
+        }
+    }
+    parts.sort();
+    for (_, p) in parts {
+        let dev = Path::new("/dev").join(&p);
+        let out = Command::new("blkid")
+            .args(["-p", "-o", "value", "-s", "PART_ENTRY_TYPE"])
+            .arg(&dev)
+            .output()
+            .context("Running blkid -p")?;
+        if String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .eq_ignore_ascii_case(guid)
+        {
+            return Ok(Some(dev));
+        }
+    }
+    Ok(None)
 }
 
 fn find_partition_by_type_lsblk(disk: &Path, guid: &str) -> Result<Option<PathBuf>> {
