@@ -457,7 +457,7 @@ sleep 600
             "5: v4 blessed",
             r#"J status bootc status --format json
 V variant cat /usr/share/bootc-example/variant
-V grubenv sh -c 'grep -a "^bootc_" /sysroot/boot/grub/grubenv || echo none'
+V grubenv sh -c 'grep -a "^bootc_" /sysroot/boot/grub/grubenv 2>/dev/null || echo none'
 V counted sh -c 'test -e /dev/disk/by-label/EFI-SYSTEM || { echo none; exit 0; }; MTOOLS_SKIP_CHECK=1 mdir -b -i /dev/disk/by-label/EFI-SYSTEM ::/loader/entries 2>/dev/null | grep "+" || echo none'
 V cmdline cat /proc/cmdline
 R overlay_ro bootc usr-overlay --read-only
