@@ -77,10 +77,8 @@ pub fn write_entries(boot_dir: &Path, entries: &[(String, BlsEntry)]) -> Result<
 #[context("Reading boot entries in {}", boot_dir.display())]
 pub fn read_entries(boot_dir: &Path) -> Result<Vec<(String, BlsEntry)>> {
     let dir = boot_dir.join(ENTRIES_DIR);
-    let rd = match std::fs::read_dir(&dir) {
-        Ok(rd) => rd,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(e).with_context(|| format!("Reading {}", dir.display())),
+    let Some(rd) = read_dir_if_exists(&dir)? else {
+        return Ok(Vec::new());
     };
     let mut out = Vec::new();
     for ent in rd {
@@ -182,10 +180,8 @@ pub fn remove_boot_files(boot_dir: &Path, name: &str) -> Result<()> {
 #[context("Listing {}/{BOOT_FILES_DIR}", boot_dir.display())]
 pub fn list_boot_dirs(boot_dir: &Path) -> Result<Vec<String>> {
     let dir = boot_dir.join(BOOT_FILES_DIR);
-    let rd = match std::fs::read_dir(&dir) {
-        Ok(rd) => rd,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(e).with_context(|| format!("Reading {}", dir.display())),
+    let Some(rd) = read_dir_if_exists(&dir)? else {
+        return Ok(Vec::new());
     };
     let mut out = Vec::new();
     for ent in rd {
@@ -234,6 +230,15 @@ pub(crate) fn check_entry_name(name: &str) -> Result<()> {
         "invalid boot entry file name {name:?}"
     );
     Ok(())
+}
+
+/// The entries of directory `dir`, `None` when it does not exist.
+fn read_dir_if_exists(dir: &Path) -> Result<Option<std::fs::ReadDir>> {
+    match std::fs::read_dir(dir) {
+        Ok(rd) => Ok(Some(rd)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("Reading {}", dir.display())),
+    }
 }
 
 pub(crate) fn open_dir(p: &Path) -> Result<OwnedFd> {

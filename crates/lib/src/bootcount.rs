@@ -79,12 +79,13 @@ pub fn tries_for(image_root: &Path, etc: &Path) -> Result<u32> {
     )
 }
 
-fn grubenv_dir(t: &Target) -> std::path::PathBuf {
-    t.sysroot.join("boot/grub")
+/// Where GRUB's environment block lives in `sysroot`.
+fn grubenv_dir(sysroot: &Path) -> std::path::PathBuf {
+    sysroot.join("boot/grub")
 }
 
-fn read_grubenv(t: &Target) -> Result<BTreeMap<String, String>> {
-    let p = grubenv_dir(t).join("grubenv");
+fn read_grubenv(sysroot: &Path) -> Result<BTreeMap<String, String>> {
+    let p = grubenv_dir(sysroot).join("grubenv");
     match std::fs::read(&p) {
         Ok(b) => Ok(parse_grubenv(&b)),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(BTreeMap::new()),
@@ -93,7 +94,7 @@ fn read_grubenv(t: &Target) -> Result<BTreeMap<String, String>> {
 }
 
 fn write_grubenv(t: &Target, vars: &BTreeMap<String, String>) -> Result<()> {
-    let dir = grubenv_dir(t);
+    let dir = grubenv_dir(&t.sysroot);
     std::fs::create_dir_all(&dir).with_context(|| format!("Creating {}", dir.display()))?;
     bootc_boot::entries::atomic_write(&dir, "grubenv", &render_grubenv(vars)?)
 }
@@ -112,7 +113,7 @@ pub fn start_trial(t: &Target, bootloader: Bootloader, id: &str, tries: u32) -> 
         },
     )?;
     if bootloader == Bootloader::Grub {
-        let mut vars = read_grubenv(t)?;
+        let mut vars = read_grubenv(&t.sysroot)?;
         vars.insert(GRUB_TRIAL_VAR.into(), id.into());
         vars.insert(GRUB_TRIES_VAR.into(), tries.to_string());
         write_grubenv(t, &vars)?;
@@ -125,7 +126,7 @@ pub fn start_trial(t: &Target, bootloader: Bootloader, id: &str, tries: u32) -> 
 /// entries are next written without it (or by [`bless_esp_entry`]).
 pub fn end_trial(t: &Target, bootloader: Bootloader) -> Result<()> {
     if bootloader == Bootloader::Grub {
-        let mut vars = read_grubenv(t)?;
+        let mut vars = read_grubenv(&t.sysroot)?;
         let had = vars.remove(GRUB_TRIAL_VAR).is_some() | vars.remove(GRUB_TRIES_VAR).is_some();
         if had {
             write_grubenv(t, &vars)?;
@@ -179,13 +180,18 @@ fn bless_esp_entry(t: &Target, id: &str) -> Result<()> {
     Ok(())
 }
 
+/// The tries GRUB's environment block in `sysroot` leaves to the trial of `id`.
+fn grub_tries_left(sysroot: &Path, id: &str) -> Result<Option<u32>> {
+    Ok(grub_trial(&read_grubenv(sysroot)?)
+        .filter(|(tid, _)| tid == id)
+        .map(|(_, n)| n))
+}
+
 /// The tries left to the trial of `id`, as the bootloader counts them;
 /// `None` when the bootloader has no counter for it.
 pub fn tries_left(t: &Target, bootloader: Bootloader, id: &str) -> Result<Option<u32>> {
     match bootloader {
-        Bootloader::Grub => Ok(grub_trial(&read_grubenv(t)?)
-            .filter(|(tid, _)| tid == id)
-            .map(|(_, n)| n)),
+        Bootloader::Grub => grub_tries_left(&t.sysroot, id),
         Bootloader::Systemd => Ok(esp_counted_entry(t, id)?.map(|(_, n)| n)),
         Bootloader::None => Ok(None),
     }
@@ -204,11 +210,7 @@ pub fn assessment(sysroot: &Path, id: &str) -> Option<BootAssessment> {
     }
     let tr = trial::read_trial(sysroot).ok().flatten()?;
     (tr.id == id).then(|| {
-        let tries_left = std::fs::read(sysroot.join("boot/grub/grubenv"))
-            .ok()
-            .and_then(|b| grub_trial(&parse_grubenv(&b)))
-            .filter(|(tid, _)| tid == id)
-            .map(|(_, n)| n);
+        let tries_left = grub_tries_left(sysroot, id).ok().flatten();
         BootAssessment {
             state: AssessmentState::Trial,
             tries_left,

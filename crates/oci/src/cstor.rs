@@ -569,7 +569,7 @@ fn link_object(
     {
         return Ok((id.clone(), ObjectStoreMethod::AlreadyPresent));
     }
-    match mkdirat(objects, &id.to_object_dir(), Mode::from_raw_mode(0o755)) {
+    match mkdirat(objects, id.to_object_dir(), Mode::from_raw_mode(0o755)) {
         Ok(()) | Err(Errno::EXIST) => {}
         Err(e) => return Err(e).context("Creating the object directory"),
     }
