@@ -213,22 +213,114 @@ pub(crate) fn podman_image_id(img: &str) -> Result<Option<String>> {
         .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned()))
 }
 
+/// Whether `img` exists and its label `label` is `from_id` (the image id it
+/// was built from).
+pub(crate) fn built_from(img: &str, label: &str, from_id: &str) -> Result<bool> {
+    if podman_image_id(img)?.is_none() {
+        return Ok(false);
+    }
+    let out = run(Command::new("podman").args([
+        "image",
+        "inspect",
+        "--format",
+        &format!("{{{{index .Labels \"{label}\"}}}}"),
+        img,
+    ]))?;
+    Ok(String::from_utf8_lossy(&out.stdout).trim() == from_id)
+}
+
+/// The manifest digest podman's storage gives `img`.
+pub(crate) fn podman_digest(img: &str) -> Result<String> {
+    let out =
+        run(Command::new("podman").args(["image", "inspect", "--format", "{{.Digest}}", img]))?;
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
+/// `bootc install to-disk --via-loopback` of `img` (containers-storage) to
+/// `disk` with `bootloader` and the `bootc.test.poweroff=1` karg the step
+/// protocol needs, bounded by [`INSTALL_TIMEOUT`]; `extra` args go before
+/// the disk.
+pub(crate) fn install_to_disk(
+    ctx: &Ctx,
+    img: &str,
+    bootloader: &str,
+    extra: &[String],
+    disk: &Path,
+) -> Result<()> {
+    let mut c = Command::new("timeout");
+    c.args(["--kill-after=30", &INSTALL_TIMEOUT.as_secs().to_string()])
+        .arg(&ctx.bootc.bin)
+        .args([
+            "install",
+            "to-disk",
+            "--via-loopback",
+            "--source-imgref",
+            &format!("containers-storage:{img}"),
+            "--bootloader",
+            bootloader,
+            "--karg",
+            "bootc.test.poweroff=1",
+        ])
+        .args(extra)
+        .arg(disk)
+        .env("CONTAINERS_REGISTRIES_CONF", ctx.bootc.registries_conf())
+        .env("CONTAINERS_POLICY_JSON", ctx.bootc.policy_json())
+        .stdin(Stdio::null());
+    run(&mut c).with_context(|| format!("Installing {img} to {}", disk.display()))?;
+    Ok(())
+}
+
+/// The `BOOTCTEST` disk `work/bootctest.ext4` holding an OCI layout of each
+/// (image, name) at `/name` (tag `name`) and a placeholder step.sh; returns
+/// it with the layouts' manifest digests, in order.
+pub(crate) fn make_test_disk(
+    work: &Path,
+    images: &[(&str, &str)],
+) -> Result<(PathBuf, Vec<String>)> {
+    let dir = work.join("testdisk");
+    fs::create_dir(&dir)?;
+    let mut digests = Vec::new();
+    for (img, name) in images {
+        run(Command::new("skopeo").args([
+            "copy",
+            "--quiet",
+            &format!("containers-storage:{img}"),
+            &format!("oci:{}:{name}", dir.join(name).display()),
+        ]))
+        .with_context(|| format!("Copying {img} to an OCI layout"))?;
+        digests.push(oci_digest(&dir.join(name))?);
+    }
+    fs::write(dir.join("step.sh"), "echo no step yet\n")?;
+    let testdisk = work.join("bootctest.ext4");
+    vm::make_ext4_image(&dir, "BOOTCTEST", &testdisk)?;
+    fs::remove_dir_all(&dir)?;
+    Ok((testdisk, digests))
+}
+
+/// Put `body` (after [`PRELUDE`]) as step.sh on the BOOTCTEST disk
+/// `testdisk`, dropping the previous step's out.log.
+pub(crate) fn write_step(testdisk: &Path, body: &str) -> Result<()> {
+    let m = tempfile::Builder::new()
+        .prefix("bootctest-mnt.")
+        .tempdir_in("/var/tmp")?;
+    run(Command::new("mount")
+        .args(["-o", "loop"])
+        .arg(testdisk)
+        .arg(m.path()))?;
+    let r = fs::write(m.path().join("step.sh"), format!("{PRELUDE}{body}")).map(|()| {
+        let _ = fs::remove_file(m.path().join("out.log"));
+    });
+    run(Command::new("umount").arg(m.path()))?;
+    r.context("Writing step.sh on the BOOTCTEST disk")
+}
+
 /// Build [`v3`] from the current [`v2`] unless a v3 built from it exists.
 fn ensure_v3() -> Result<()> {
     let (v2, v3) = (v2(), v3());
     let v2_id = podman_image_id(v2)?.with_context(|| format!("{v2} is not in podman's storage"))?;
-    if podman_image_id(v3)?.is_some() {
-        let out = run(Command::new("podman").args([
-            "image",
-            "inspect",
-            "--format",
-            &format!("{{{{index .Labels \"{V3_FROM_LABEL}\"}}}}"),
-            v3,
-        ]))?;
-        if String::from_utf8_lossy(&out.stdout).trim() == v2_id {
-            println!("reusing {v3} (built from {v2} {v2_id})");
-            return Ok(());
-        }
+    if built_from(v3, V3_FROM_LABEL, &v2_id)? {
+        println!("reusing {v3} (built from {v2} {v2_id})");
+        return Ok(());
     }
     let ctx = tempfile::Builder::new()
         .prefix("bootc-lifecycle-v3.")
@@ -293,69 +385,30 @@ impl Lifecycle {
         let disk = work.join("disk.raw");
         fs::File::create(&disk)?.set_len(DISK_SIZE)?;
         let start = Instant::now();
-        let mut c = Command::new("timeout");
-        c.args(["--kill-after=30", &INSTALL_TIMEOUT.as_secs().to_string()])
-            .arg(&ctx.bootc.bin)
-            .args([
-                "install",
-                "to-disk",
-                "--via-loopback",
-                "--source-imgref",
-                &format!("containers-storage:{}", v1()),
-                "--bootloader",
-                firmware().1,
-                "--karg",
-                "bootc.test.poweroff=1",
-            ])
-            // The root filesystem defaults to xfs here, not ext4: the guest
-            // kernel has fs-verity and seals what it writes on ext4 -O verity,
-            // and this host's kernel (no fs-verity) then cannot open those
-            // files at all (EOPNOTSUPP), which breaks the offline step 4 on
-            // the host. On ext4, steps 1-3 pass. BOOTC_LIFECYCLE_FILESYSTEM=ext4
-            // selects ext4 on a host whose kernel has fs-verity.
-            .args([
-                "--filesystem".to_owned(),
-                std::env::var("BOOTC_LIFECYCLE_FILESYSTEM").unwrap_or_else(|_| "xfs".into()),
-            ])
-            .arg(&disk)
-            .env("CONTAINERS_REGISTRIES_CONF", ctx.bootc.registries_conf())
-            .env("CONTAINERS_POLICY_JSON", ctx.bootc.policy_json())
-            .stdin(Stdio::null());
-        run(&mut c).context("Installing v1 (install side)")?;
+        // The root filesystem defaults to xfs here, not ext4: the guest
+        // kernel has fs-verity and seals what it writes on ext4 -O verity,
+        // and this host's kernel (no fs-verity) then cannot open those
+        // files at all (EOPNOTSUPP), which breaks the offline step 4 on
+        // the host. On ext4, steps 1-3 pass. BOOTC_LIFECYCLE_FILESYSTEM=ext4
+        // selects ext4 on a host whose kernel has fs-verity.
+        let fs_args = [
+            "--filesystem".to_owned(),
+            std::env::var("BOOTC_LIFECYCLE_FILESYSTEM").unwrap_or_else(|_| "xfs".into()),
+        ];
+        install_to_disk(ctx, v1(), firmware().1, &fs_args, &disk)
+            .context("Installing v1 (install side)")?;
         println!(
             "install v1 to-disk ({}): {:.1?}",
             firmware().1,
             start.elapsed()
         );
 
-        let out = run(Command::new("podman").args([
-            "image",
-            "inspect",
-            "--format",
-            "{{.Digest}}",
-            v1(),
-        ]))?;
-        let v1_storage = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        let v1_storage = podman_digest(v1())?;
 
-        let dir = work.join("testdisk");
-        fs::create_dir(&dir)?;
         let start = Instant::now();
-        for (img, name) in [(v1(), "v1"), (v2(), "v2"), (v3(), "v3")] {
-            run(Command::new("skopeo").args([
-                "copy",
-                "--quiet",
-                &format!("containers-storage:{img}"),
-                &format!("oci:{}:{name}", dir.join(name).display()),
-            ]))
-            .with_context(|| format!("Copying {img} to an OCI layout"))?;
-        }
-        let v2_oci = oci_digest(&dir.join("v2"))?;
-        let v3_oci = oci_digest(&dir.join("v3"))?;
-        let v1_oci = oci_digest(&dir.join("v1"))?;
-        fs::write(dir.join("step.sh"), "echo no step yet\n")?;
-        let testdisk = work.join("bootctest.ext4");
-        vm::make_ext4_image(&dir, "BOOTCTEST", &testdisk)?;
-        fs::remove_dir_all(&dir)?;
+        let (testdisk, layouts) =
+            make_test_disk(work, &[(v1(), "v1"), (v2(), "v2"), (v3(), "v3")])?;
+        let [v1_oci, v2_oci, v3_oci] = [&layouts[0], &layouts[1], &layouts[2]].map(Clone::clone);
         println!("OCI layouts + BOOTCTEST disk: {:.1?}", start.elapsed());
 
         let registry_ref = format!("{}/bootc-example:v2", ctx.registry.addr);
@@ -384,19 +437,7 @@ impl Lifecycle {
 
     /// Put `body` (after [`PRELUDE`]) as step.sh on the BOOTCTEST disk.
     fn set_step(&self, body: &str) -> Result<()> {
-        let m = tempfile::Builder::new()
-            .prefix("bootctest-mnt.")
-            .tempdir_in("/var/tmp")?;
-        run(Command::new("mount")
-            .args(["-o", "loop"])
-            .arg(&self.testdisk)
-            .arg(m.path()))?;
-        let r = fs::write(m.path().join("step.sh"), format!("{PRELUDE}{body}")).and_then(|()| {
-            let _ = fs::remove_file(m.path().join("out.log"));
-            Ok(())
-        });
-        run(Command::new("umount").arg(m.path()))?;
-        r.context("Writing step.sh on the BOOTCTEST disk")
+        write_step(&self.testdisk, body)
     }
 
     /// Boot once with `step`; wait for `until` (then `grace` for qemu to
@@ -1013,8 +1054,7 @@ impl Step {
     pub(crate) fn parse_partial(r: &Run) -> Self {
         // An end marker after the log closes the last block.
         let log = format!("{}\nBOOTC-STEP-END\n", r.log);
-        let text =
-            vm::parse_block(&log, "BOOTC-STEP-BEGIN", "BOOTC-STEP-END").unwrap_or_default();
+        let text = vm::parse_block(&log, "BOOTC-STEP-BEGIN", "BOOTC-STEP-END").unwrap_or_default();
         Self { text, rc: None }
     }
 

@@ -35,7 +35,7 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -44,7 +44,8 @@ use bootc_tests_integration::run;
 use bootc_tests_integration::vm::{self, Firmware, Run, Vm};
 
 use crate::lifecycle::{
-    PRELUDE, Step, expect_booted, expect_entry, expect_karg, oci_digest, podman_image_id, report,
+    Step, built_from, expect_booted, expect_entry, expect_karg, install_to_disk, make_test_disk,
+    podman_digest, podman_image_id, report, write_step,
 };
 use crate::{Ctx, TestFn};
 
@@ -64,9 +65,6 @@ const FROM_LABEL: &str = "org.bootc-test.v2-id";
 
 /// Size of the sparse disk image.
 const DISK_SIZE: u64 = 8 << 30;
-
-/// Bound of one `bootc install`.
-const INSTALL_TIMEOUT: Duration = Duration::from_secs(900);
 
 /// Bound of one boot (with its step and shutdown) under TCG.
 const BOOT_TIMEOUT: Duration = Duration::from_secs(900);
@@ -111,17 +109,8 @@ fn vm_unattended_auto_rollback(ctx: &Ctx) -> Result<()> {
 
 /// Build `tag` as v2 (`v2_id`) plus `lines`, unless one built from that v2 exists.
 fn derive(v2_id: &str, tag: &str, lines: &str) -> Result<()> {
-    if podman_image_id(tag)?.is_some() {
-        let out = run(Command::new("podman").args([
-            "image",
-            "inspect",
-            "--format",
-            &format!("{{{{index .Labels \"{FROM_LABEL}\"}}}}"),
-            tag,
-        ]))?;
-        if String::from_utf8_lossy(&out.stdout).trim() == v2_id {
-            return Ok(());
-        }
+    if built_from(tag, FROM_LABEL, v2_id)? {
+        return Ok(());
     }
     let dir = tempfile::Builder::new()
         .prefix("bootc-unattended-img.")
@@ -168,47 +157,17 @@ impl Host {
         let disk = work.join("disk.raw");
         fs::File::create(&disk)?.set_len(DISK_SIZE)?;
         let start = Instant::now();
-        let mut c = Command::new("timeout");
-        c.args(["--kill-after=30", &INSTALL_TIMEOUT.as_secs().to_string()])
-            .arg(&ctx.bootc.bin)
-            .args([
-                "install",
-                "to-disk",
-                "--via-loopback",
-                "--source-imgref",
-                &format!("containers-storage:{V2}"),
-                "--bootloader",
-                if firmware() == Firmware::Uefi { "systemd" } else { "grub" },
-                "--karg",
-                "bootc.test.poweroff=1",
-            ])
-            .arg(&disk)
-            .env("CONTAINERS_REGISTRIES_CONF", ctx.bootc.registries_conf())
-            .env("CONTAINERS_POLICY_JSON", ctx.bootc.policy_json())
-            .stdin(Stdio::null());
-        run(&mut c).context("Installing v2")?;
-        println!("install v2 to-disk (grub): {:.1?}", start.elapsed());
-        let out =
-            run(Command::new("podman").args(["image", "inspect", "--format", "{{.Digest}}", V2]))?;
-        let v2_digest = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        let bootloader = if firmware() == Firmware::Uefi {
+            "systemd"
+        } else {
+            "grub"
+        };
+        install_to_disk(ctx, V2, bootloader, &[], &disk).context("Installing v2")?;
+        println!("install v2 to-disk ({bootloader}): {:.1?}", start.elapsed());
+        let v2_digest = podman_digest(V2)?;
 
-        let dir = work.join("testdisk");
-        fs::create_dir(&dir)?;
-        for (img, name) in [(UNHEALTHY, "unhealthy"), (V4, "v4")] {
-            run(Command::new("skopeo").args([
-                "copy",
-                "--quiet",
-                &format!("containers-storage:{img}"),
-                &format!("oci:{}:{name}", dir.join(name).display()),
-            ]))
-            .with_context(|| format!("Copying {img} to an OCI layout"))?;
-        }
-        let unhealthy_oci = oci_digest(&dir.join("unhealthy"))?;
-        let v4_oci = oci_digest(&dir.join("v4"))?;
-        fs::write(dir.join("step.sh"), "echo no step yet\n")?;
-        let testdisk = work.join("bootctest.ext4");
-        vm::make_ext4_image(&dir, "BOOTCTEST", &testdisk)?;
-        fs::remove_dir_all(&dir)?;
+        let (testdisk, layouts) = make_test_disk(work, &[(UNHEALTHY, "unhealthy"), (V4, "v4")])?;
+        let [unhealthy_oci, v4_oci] = [&layouts[0], &layouts[1]].map(Clone::clone);
         Ok(Self {
             disk,
             testdisk,
@@ -220,16 +179,7 @@ impl Host {
     }
 
     fn set_step(&self, body: &str) -> Result<()> {
-        let m = tempfile::Builder::new()
-            .prefix("bootctest-mnt.")
-            .tempdir_in("/var/tmp")?;
-        run(Command::new("mount")
-            .args(["-o", "loop"])
-            .arg(&self.testdisk)
-            .arg(m.path()))?;
-        let r = fs::write(m.path().join("step.sh"), format!("{PRELUDE}{body}"));
-        run(Command::new("umount").arg(m.path()))?;
-        r.context("Writing step.sh on the BOOTCTEST disk")
+        write_step(&self.testdisk, body)
     }
 
     /// Boot with `step` until qemu exits by itself (power-off, or a reboot
