@@ -4,7 +4,7 @@
 set -euo pipefail
 PACKAGES=(
   skopeo podman docker-registry erofs-utils mmdebstrap
-  qemu-system-x86 qemu-utils ovmf seabios udev grub-pc-bin grub-efi-amd64-bin
+  qemu-system-x86 qemu-utils ovmf seabios udev grub2-common grub-pc-bin grub-efi-amd64-bin
   mtools dosfstools fdisk gdisk e2fsprogs xfsprogs btrfs-progs util-linux
   jq python3 python3-jsonschema binutils time busybox-static
 )

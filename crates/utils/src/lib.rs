@@ -2,8 +2,11 @@
 //!
 //! - [`run_main`]: process set-up and the single place where an error is printed.
 //! - [`split_cmdline`]: kernel command lines (and BLS `options`) into arguments.
+//! - [`crashpoint`]: named crash points of durable steps, for the reliability tests.
 
 use std::io::Write;
+
+pub mod crashpoint;
 
 /// Exit code for a command that failed with an error.
 pub const EXIT_FAILURE: i32 = 1;
