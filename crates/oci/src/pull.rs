@@ -713,7 +713,7 @@ async fn import_layer<R: AsyncRead + Unpin + Send>(
         id.clone(),
         Some(desc.size()),
     );
-    let tar = decompress_async(blob, desc.media_type())?;
+    let tar = decompress_async(blob, &crate::validate::oci_media_type(desc.media_type()))?;
     let (tar, tar_sum) = Summing::new(tar, None, true);
     let (split, ()) = tokio::join!(
         split_async(tar, Arc::clone(&ctx.repo), LAYER_CONTENT_TYPE),

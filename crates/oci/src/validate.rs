@@ -103,9 +103,31 @@ fn check_json_size(what: &str, desc: &Descriptor) -> Result<()> {
     Ok(())
 }
 
-/// Whether a layer of `media_type` can be imported: a tar, plain, gzip or zstd.
+/// The OCI media type a Docker schema 2 media type stands for, or
+/// `media_type` itself. `docker save` (Docker 25 and later) writes OCI
+/// layouts whose index, manifests and layers keep Docker's names; the
+/// formats are the same (the OCI image spec was made from them).
+pub fn oci_media_type(media_type: &MediaType) -> MediaType {
+    let MediaType::Other(mt) = media_type else {
+        return media_type.clone();
+    };
+    match mt.as_str() {
+        "application/vnd.docker.distribution.manifest.v2+json" => MediaType::ImageManifest,
+        "application/vnd.docker.distribution.manifest.list.v2+json" => MediaType::ImageIndex,
+        "application/vnd.docker.image.rootfs.diff.tar" => MediaType::ImageLayer,
+        "application/vnd.docker.image.rootfs.diff.tar.gzip" => MediaType::ImageLayerGzip,
+        "application/vnd.docker.image.rootfs.diff.tar.zstd" => MediaType::ImageLayerZstd,
+        "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip" => {
+            MediaType::ImageLayerNonDistributableGzip
+        }
+        _ => media_type.clone(),
+    }
+}
+
+/// Whether a layer of `media_type` can be imported: a tar, plain, gzip or
+/// zstd, under its OCI or its Docker schema 2 name.
 pub fn is_layer_media_type(media_type: &MediaType) -> bool {
-    composefs_oci::layer::is_tar_media_type(media_type)
+    composefs_oci::layer::is_tar_media_type(&oci_media_type(media_type))
 }
 
 /// Parse an image manifest and check that it describes a container image
@@ -119,7 +141,7 @@ pub fn parse_manifest(data: &[u8]) -> Result<ImageManifest> {
         manifest.schema_version()
     );
     if let Some(mt) = manifest.media_type()
-        && *mt != MediaType::ImageManifest
+        && oci_media_type(mt) != MediaType::ImageManifest
     {
         bail!(
             "manifest has media type {mt}, not {}",
@@ -311,7 +333,7 @@ pub fn load_layout_image(layout: &Path, tag: Option<&str>) -> Result<LayoutImage
     let native = Platform::default();
     let mut seen = Vec::new();
     for desc in candidates {
-        match desc.media_type() {
+        match oci_media_type(desc.media_type()) {
             MediaType::ImageManifest => {
                 if let Some(found) = load_for_platform(layout, desc, &native, &mut seen)? {
                     return Ok(found);
@@ -322,7 +344,7 @@ pub fn load_layout_image(layout: &Path, tag: Option<&str>) -> Result<LayoutImage
                 let nested = parse_index(&data)
                     .with_context(|| format!("Reading image index {}", desc.digest()))?;
                 for inner in nested.manifests() {
-                    match inner.media_type() {
+                    match oci_media_type(inner.media_type()) {
                         MediaType::ImageManifest => {
                             if let Some(found) =
                                 load_for_platform(layout, inner, &native, &mut seen)?
@@ -424,6 +446,19 @@ mod tests {
             (
                 "zstd layer",
                 manifest_json(OCI_CONFIG, "application/vnd.oci.image.layer.v1.tar+zstd", SHA_B),
+                None,
+            ),
+            (
+                "docker schema 2 manifest and layer (docker save)",
+                manifest_json(
+                    DOCKER_CONFIG_MEDIA_TYPE,
+                    "application/vnd.docker.image.rootfs.diff.tar.gzip",
+                    SHA_B,
+                )
+                .replace(
+                    "application/vnd.oci.image.manifest.v1+json",
+                    "application/vnd.docker.distribution.manifest.v2+json",
+                ),
                 None,
             ),
             (
