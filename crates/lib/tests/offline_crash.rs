@@ -96,12 +96,15 @@ impl Disk {
         let loopdev = sh(Command::new("losetup").args(["-f", "--show", "-P"]).arg(img))
             .trim()
             .to_owned();
+        // Partition nodes without udev (losetup -P does not always add them).
+        let _ = Command::new("partx").args(["-a", &loopdev]).output();
         let mut esp = None;
         let mut root = None;
-        for l in sh(Command::new("lsblk").args(["-rno", "PATH,FSTYPE", &loopdev])).lines() {
-            match l.split_once(' ') {
-                Some((p, "vfat")) => esp = Some(PathBuf::from(p)),
-                Some((p, "ext4" | "xfs" | "btrfs")) => root = Some(p.to_owned()),
+        for p in sh(Command::new("lsblk").args(["-rno", "PATH", &loopdev])).lines().skip(1) {
+            let out = Command::new("blkid").args(["-p", "-o", "value", "-s", "TYPE", p]).output().unwrap();
+            match String::from_utf8_lossy(&out.stdout).trim() {
+                "vfat" => esp = Some(PathBuf::from(p)),
+                "ext4" | "xfs" | "btrfs" => root = Some(p.to_owned()),
                 _ => {}
             }
         }
@@ -267,7 +270,7 @@ fn crash_at_every_point_offline() {
         base.to_str().unwrap(),
     ]
     .map(String::from))
-    .unwrap();
+    .unwrap_or_else(|e| panic!("install: {e:#}"));
     let case = work.join("case.img");
     let mnt = work.join("mnt");
 

@@ -292,7 +292,19 @@ impl ImageMount {
             std::process::id(),
             std::os::fd::AsRawFd::as_raw_fd(&mount)
         ));
-        let tree = ImageTree::open(&root, &image.image)?;
+        // The mount's root, opened through the descriptor (not the magic link).
+        let fd = rustix::fs::openat(
+            &mount,
+            ".",
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .with_context(|| format!("Opening the root of image {}", image.image))?;
+        let tree = ImageTree {
+            root,
+            fd,
+            name: image.image.clone(),
+        };
         bootc_utils::crashpoint::point("image.mounted");
         Ok(Self {
             tree: Some(tree),
