@@ -298,6 +298,8 @@ fn crash_at_every_point_offline() {
     drop(d);
     let points = parse_points(&std::fs::read_to_string(&log).unwrap());
     assert!(points.iter().any(|(n, _)| n == "image.mounted"), "{points:?}");
+    assert!(points.iter().any(|(n, _)| n == "esp.old-removed"), "{points:?}");
+    eprintln!("crash points: {points:?}");
     let stride: usize = std::env::var("BOOTC_CRASH_TEST_STRIDE")
         .ok()
         .and_then(|s| s.parse().ok())
