@@ -1,24 +1,35 @@
 //! The EFI system partition, written from userspace with mtools (no mount:
 //! the same code path works where vfat cannot be mounted, such as CI hosts).
 //!
-//! # Atomicity on FAT
+//! # Crash safety on FAT
 //!
-//! FAT has no atomic rename-over or exchange, and mtools does not journal.
-//! Boot entries are therefore changed in three steps, each of which rewrites
-//! a single directory entry:
+//! FAT has no atomic rename-over or exchange, mtools does not journal, and
+//! mtools never calls fsync: what it writes sits in the page cache of the
+//! device until someone flushes it. Every mutating method here therefore
+//! ends with [`Esp::flush`] (fsync of the device or image file, which the
+//! kernel turns into a write-back plus a cache flush of the disk), and
+//! boot entries change in steps after each of which the ESP on disk has a
+//! default entry whose kernel and initramfs exist:
 //!
-//! 1. the new set is written to `loader/entries.new` (any previous leftover
-//!    is deleted first);
-//! 2. `loader/entries` is renamed to `loader/entries.old`;
-//! 3. `loader/entries.new` is renamed to `loader/entries`, then
-//!    `loader/entries.old` is deleted.
+//! 1. the new set, generation `G` (see [`crate::esp_layout`]), is written
+//!    as `loader/entries/gG-NAME.conf.new` files, which systemd-boot
+//!    ignores; flushed (crash points `esp.entries-written`,
+//!    `esp.entries-flushed`);
+//! 2. each is renamed to `gG-NAME.conf`; flushed (`esp.entries-named`).
+//!    Old and new entries are now both visible; either set boots;
+//! 3. the entries of older generations are removed; flushed
+//!    (`esp.old-removed`).
 //!
-//! A crash during step 1 leaves the old set in place. A crash between 2 and
-//! 3 leaves no `loader/entries` but a complete `loader/entries.old`: the next
-//! [`Esp::write_entries`] (or [`Esp::repair`]) renames it back first. Until
-//! then systemd-boot shows no bootc entry, which is the window FAT leaves.
-//! Boot files (`bootc/<NAME>/`, NAME the boot digest) are written before
-//! any entry names them, and removed only after no entry does.
+//! [`Esp::repair`] (run first by [`Esp::write_entries`]) completes what a
+//! crash left: pending files of a generation none of whose entries is named
+//! yet are dropped (they may not be whole); once one is named (so all were
+//! flushed), the rest are named too and older generations removed. It also
+//! completes the two-rename layout of older versions (`loader/entries.old`,
+//! `loader/entries.new`).
+//!
+//! Boot files (`bootc/<NAME>/`, NAME the boot digest) are written as
+//! `bootc/.new-<NAME>`, flushed, renamed and flushed before any entry names
+//! them, and removed only after no entry does.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -27,7 +38,13 @@ use std::process::Command;
 use anyhow::{Context, Result};
 use fn_error_context::context;
 
+use bootc_utils::crashpoint::point;
+
 use crate::bls::{BOOT_FILES_DIR, BlsEntry, INITRAMFS, VMLINUZ, is_valid_boot_dir_name, parse_bls};
+use crate::esp_layout::{PENDING_SUFFIX, default_entry, disk_name, parse_disk_name};
+
+/// The directory of boot entries on the ESP.
+const ENTRIES: &str = "/loader/entries";
 
 /// Where images ship the systemd-boot binary.
 pub const SYSTEMD_BOOT_EFI: &str = "usr/lib/systemd/boot/efi/systemd-bootx64.efi";
@@ -79,6 +96,19 @@ impl Esp {
 
     fn run(&self, cmd: &mut Command) -> Result<()> {
         crate::run_command(cmd)
+    }
+
+    /// Make everything mtools wrote so far durable: fsync of the device (or
+    /// image file), which writes back its page cache and flushes the disk's
+    /// write cache. mtools itself never syncs.
+    #[context("Flushing the ESP {}", self.device.display())]
+    pub fn flush(&self) -> Result<()> {
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&self.device)
+            .with_context(|| format!("Opening {}", self.device.display()))?;
+        f.sync_all()
+            .with_context(|| format!("Syncing {}", self.device.display()))
     }
 
     /// Whether `path` (absolute on the ESP, e.g. `/loader/entries`) exists.
@@ -173,8 +203,14 @@ impl Esp {
         Ok(parse_mdir_bare(&String::from_utf8_lossy(&out.stdout), path))
     }
 
-    /// Rename `from` to `to` (absolute paths in the same directory).
+    /// Rename `from` to `to` (absolute paths in the same directory), made
+    /// durable with [`Esp::flush`].
     pub fn rename(&self, from: &str, to: &str) -> Result<()> {
+        self.rename_unflushed(from, to)?;
+        self.flush()
+    }
+
+    fn rename_unflushed(&self, from: &str, to: &str) -> Result<()> {
         self.run(
             self.mtool("mren")
                 .arg(format!("::{from}"))
@@ -201,6 +237,8 @@ impl Esp {
         }
         self.mkdir_p("/loader")?;
         self.put_bytes(LOADER_CONF.as_bytes(), "/loader/loader.conf")?;
+        self.flush()?;
+        point("esp.systemd-boot-installed");
         Ok(())
     }
 
@@ -223,7 +261,11 @@ impl Esp {
         self.mkdir_p(&tmp)?;
         self.put(vmlinuz, &format!("{tmp}/{VMLINUZ}"))?;
         self.put(initramfs, &format!("{tmp}/{INITRAMFS}"))?;
-        self.rename(&tmp, &dir)
+        self.flush()?;
+        point("esp.boot-files-written");
+        self.rename(&tmp, &dir)?;
+        point("esp.boot-files-named");
+        Ok(())
     }
 
     /// Remove `bootc/<NAME>/` if it exists. The caller checks that no
@@ -234,7 +276,10 @@ impl Esp {
             is_valid_boot_dir_name(name),
             "invalid boot directory name {name:?}"
         );
-        self.remove_tree(&format!("/{BOOT_FILES_DIR}/{name}"))
+        self.remove_tree(&format!("/{BOOT_FILES_DIR}/{name}"))?;
+        self.flush()?;
+        point("esp.boot-files-removed");
+        Ok(())
     }
 
     /// The names of the boot directories in `bootc/` (temporary ones
@@ -247,16 +292,106 @@ impl Esp {
             .collect())
     }
 
-    /// Put back `loader/entries` after a crash between the two renames of
-    /// [`Esp::write_entries`].
+    /// The entry files of `loader/entries` (visible and pending), parsed.
+    fn entry_files(&self) -> Result<Vec<(String, crate::esp_layout::DiskName)>> {
+        Ok(self
+            .list(ENTRIES)?
+            .into_iter()
+            .filter_map(|f| parse_disk_name(&f).map(|d| (f, d)))
+            .collect())
+    }
+
+    /// Complete what an interrupted [`Esp::write_entries`] left (see the
+    /// module documentation), of this version or an older one.
+    #[context("Repairing the boot entries on {}", self.device.display())]
     pub fn repair(&self) -> Result<()> {
-        if !self.exists("/loader/entries")? && self.exists("/loader/entries.old")? {
+        // Older versions: entries.new, then entries -> entries.old,
+        // entries.new -> entries, entries.old deleted.
+        let mut changed = false;
+        if !self.exists(ENTRIES)? && self.exists("/loader/entries.old")? {
             tracing::warn!(
                 "{}: restoring loader/entries from loader/entries.old (interrupted update)",
                 self.device.display()
             );
-            self.rename("/loader/entries.old", "/loader/entries")?;
+            self.rename_unflushed("/loader/entries.old", ENTRIES)?;
+            changed = true;
         }
+        for leftover in ["/loader/entries.old", "/loader/entries.new"] {
+            if self.exists(leftover)? {
+                self.remove_tree(leftover)?;
+                changed = true;
+            }
+        }
+        if changed {
+            self.flush()?;
+        }
+        let files = self.entry_files()?;
+        let Some(newest) = files.iter().map(|(_, d)| d.generation).max() else {
+            return Ok(());
+        };
+        let pending: Vec<&String> = files
+            .iter()
+            .filter(|(_, d)| d.pending && d.generation == newest)
+            .map(|(f, _)| f)
+            .collect();
+        let named = files.iter().any(|(_, d)| !d.pending && d.generation == newest);
+        let older_visible = files.iter().any(|(_, d)| !d.pending && d.generation != newest);
+        if named && (older_visible || !pending.is_empty()) {
+            tracing::warn!(
+                "{}: completing an interrupted update of the boot entries",
+                self.device.display()
+            );
+            // Renaming had begun, so every pending file was flushed whole.
+            self.name_and_prune(newest, &pending, &files)?;
+        } else if !named {
+            // The newest generation was never visible: drop it.
+            for f in &pending {
+                self.remove_tree(&format!("{ENTRIES}/{f}"))?;
+            }
+            if !pending.is_empty() {
+                self.flush()?;
+            }
+        }
+        // Pending files of older generations can only be strays.
+        let stray: Vec<&String> = files
+            .iter()
+            .filter(|(_, d)| d.pending && d.generation != newest)
+            .map(|(f, _)| f)
+            .collect();
+        for f in &stray {
+            self.remove_tree(&format!("{ENTRIES}/{f}"))?;
+        }
+        if !stray.is_empty() {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    /// Steps 2 and 3 of [`Esp::write_entries`] for generation `generation`:
+    /// name its `pending` files (flushed before), flush, remove the visible
+    /// entries of other generations among `files`, flush.
+    fn name_and_prune(
+        &self,
+        generation: u64,
+        pending: &[&String],
+        files: &[(String, crate::esp_layout::DiskName)],
+    ) -> Result<()> {
+        for f in pending {
+            let to = f.strip_suffix(PENDING_SUFFIX).expect("pending name");
+            self.rename_unflushed(&format!("{ENTRIES}/{f}"), &format!("{ENTRIES}/{to}"))?;
+        }
+        self.flush()?;
+        point("esp.entries-named");
+        let old: Vec<&String> = files
+            .iter()
+            .filter(|(_, d)| !d.pending && d.generation != generation)
+            .map(|(f, _)| f)
+            .collect();
+        for f in &old {
+            self.remove_tree(&format!("{ENTRIES}/{f}"))?;
+        }
+        self.flush()?;
+        point("esp.old-removed");
         Ok(())
     }
 
@@ -267,43 +402,80 @@ impl Esp {
         for (name, _) in entries {
             crate::entries::check_entry_name(name)?;
         }
-        self.mkdir_p("/loader")?;
+        self.mkdir_p(ENTRIES)?;
         self.repair()?;
-        self.remove_tree("/loader/entries.new")?;
-        self.remove_tree("/loader/entries.old")?;
-        self.mkdir_p("/loader/entries.new")?;
+        let files = self.entry_files()?;
+        let generation = files.iter().map(|(_, d)| d.generation).max().unwrap_or(0) + 1;
+        let mut pending = Vec::new();
         for (name, e) in entries {
-            self.put_bytes(
-                e.render().as_bytes(),
-                &format!("/loader/entries.new/{name}"),
-            )?;
+            let f = format!("{}{PENDING_SUFFIX}", disk_name(generation, name));
+            self.put_bytes(e.render().as_bytes(), &format!("{ENTRIES}/{f}"))?;
+            pending.push(f);
         }
-        if self.exists("/loader/entries")? {
-            self.rename("/loader/entries", "/loader/entries.old")?;
-        }
-        self.rename("/loader/entries.new", "/loader/entries")?;
-        self.remove_tree("/loader/entries.old")?;
-        Ok(())
+        point("esp.entries-written");
+        self.flush()?;
+        point("esp.entries-flushed");
+        let pending: Vec<&String> = pending.iter().collect();
+        self.name_and_prune(generation, &pending, &files)
     }
 
-    /// The entries in `loader/entries`, sorted by file name.
+    /// The visible entries of `loader/entries` (file name, entry) as the
+    /// boot loader reads them, sorted by file name.
     #[context("Reading boot entries from {}", self.device.display())]
-    pub fn read_entries(&self) -> Result<Vec<(String, BlsEntry)>> {
+    pub fn loader_entries(&self) -> Result<Vec<(String, BlsEntry)>> {
         let mut out = Vec::new();
-        for name in self.list("/loader/entries")? {
-            if !name.ends_with(".conf") {
+        for name in self.list(ENTRIES)? {
+            if !name.to_ascii_lowercase().ends_with(".conf") {
                 continue;
             }
-            let Some(buf) = self.read(&format!("/loader/entries/{name}"))? else {
+            let Some(buf) = self.read(&format!("{ENTRIES}/{name}"))? else {
                 continue;
             };
             match parse_bls(&String::from_utf8_lossy(&buf)) {
                 Ok(e) => out.push((name, e)),
-                Err(e) => tracing::warn!("skipping ::/loader/entries/{name}: {e:#}"),
+                Err(e) => tracing::warn!("skipping ::{ENTRIES}/{name}: {e:#}"),
             }
         }
         out.sort_by(|a, b| a.0.cmp(&b.0));
         Ok(out)
+    }
+
+    /// The entries of the newest generation, under the names they were
+    /// written with, sorted by name.
+    pub fn read_entries(&self) -> Result<Vec<(String, BlsEntry)>> {
+        let visible: Vec<(crate::esp_layout::DiskName, BlsEntry)> = self
+            .loader_entries()?
+            .into_iter()
+            .filter_map(|(f, e)| parse_disk_name(&f).map(|d| (d, e)))
+            .collect();
+        let newest = visible.iter().map(|(d, _)| d.generation).max();
+        let mut out: Vec<(String, BlsEntry)> = visible
+            .into_iter()
+            .filter(|(d, _)| Some(d.generation) == newest)
+            .map(|(d, e)| (d.name, e))
+            .collect();
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(out)
+    }
+
+    /// The boot loader's view: the entry systemd-boot boots by default
+    /// (file name, entry), checked to name a kernel and initramfs that exist
+    /// on the ESP. An error says why the ESP would not boot.
+    #[context("Resolving the default boot entry on {}", self.device.display())]
+    pub fn resolve_default(&self) -> Result<(String, BlsEntry)> {
+        let conf = self.read("/loader/loader.conf")?.unwrap_or_default();
+        let entries = self.loader_entries()?;
+        let (name, e) = default_entry(&String::from_utf8_lossy(&conf), &entries)
+            .with_context(|| format!("No boot entry in ::{ENTRIES}"))?
+            .clone();
+        let linux = e.linux.as_deref().with_context(|| format!("{name} has no linux line"))?;
+        for f in std::iter::once(linux).chain(e.initrd.iter().map(String::as_str)) {
+            let data = self
+                .read(f)?
+                .with_context(|| format!("{name} names {f}, which does not exist"))?;
+            anyhow::ensure!(!data.is_empty(), "{name} names {f}, which is empty");
+        }
+        Ok((name, e))
     }
 }
 

@@ -5,6 +5,7 @@
 //!   with `renameat2(RENAME_EXCHANGE)` after a `syncfs`.
 //! - [`grub`]: `grub.cfg` generation (pure) and `grub-install` for BIOS.
 //! - [`esp`]: the EFI system partition written with mtools, systemd-boot.
+//! - [`esp_layout`]: entry file names on the ESP, systemd-boot's default (pure).
 //! - [`counting`]: boot counting (systemd-boot `+N` names, GRUB's grubenv).
 //!
 //! **Architecture invariant**: every change to what boots ends in one rename
@@ -16,6 +17,7 @@ pub mod bls;
 pub mod counting;
 pub mod entries;
 pub mod esp;
+pub mod esp_layout;
 pub mod grub;
 
 use std::process::Command;

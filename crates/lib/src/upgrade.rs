@@ -765,11 +765,18 @@ pub(crate) async fn stage_and_finish(t: &Target, req: StageRequest, apply: bool)
     let store = crate::seal::seal_if_possible(t, store)?;
     let dep = match stage(t, &store, &req).await? {
         StageOutcome::Unchanged => {
+            let staged = lifecycle::read_staged(&t.sysroot)?.filter(|s| !s.download_only);
+            // Staged offline by a run killed before finalizing: finalize now.
+            if t.booted.is_none()
+                && let Some(s) = &staged
+                && let Some(dep) = deployment::load_deployment(&t.sysroot, &s.id)?
+            {
+                let what = describe(&req.imgref.to_string(), &dep);
+                return finish(t, &store, lock, &what, req.quiet, apply);
+            }
             // Already staged on a running host: make sure the shutdown unit
             // is armed (it is not after a reboot without finalization).
-            if t.booted.is_some()
-                && lifecycle::read_staged(&t.sysroot)?.is_some_and(|s| !s.download_only)
-            {
+            if t.booted.is_some() && staged.is_some() {
                 start_finalize_unit();
             }
             return Ok(());

@@ -292,6 +292,19 @@ impl Store {
     /// older objects with EIO.
     #[context("Mounting image {digest} at {}", target.display())]
     pub fn mount_image(&self, digest: &OciDigest, target: &Path) -> Result<()> {
+        let mnt = self.fsmount_image(digest)?;
+        composefs::mount::mount_at(&mnt, rustix::fs::CWD, target)
+            .with_context(|| format!("Attaching mount at {}", target.display()))?;
+        Ok(())
+    }
+
+    /// The composefs image of the manifest `digest` as a detached mount
+    /// (see [`Store::mount_image`] for fs-verity): attached nowhere, held
+    /// only by the returned file descriptor, so it goes away with the last
+    /// descriptor, also when the process is killed. Its files are reached
+    /// fd-relative or through `/proc/<pid>/fd/<fd>`.
+    #[context("Mounting image {digest}")]
+    pub fn fsmount_image(&self, digest: &OciDigest) -> Result<std::os::fd::OwnedFd> {
         use composefs::fsverity::FsVerityHashValue;
         use composefs::mount::{MountOptions, VerityRequirement, composefs_fsmount};
         use std::os::fd::AsFd;
@@ -307,16 +320,14 @@ impl Store {
             VerityRequirement::Disabled
         };
         let objects = self.repo.objects_dir().context("Opening objects")?;
-        let mnt = composefs_fsmount(
+        composefs_fsmount(
             image_fd,
             &id,
             &[objects.as_fd()],
             verity,
             &MountOptions::default(),
-        )?;
-        composefs::mount::mount_at(&mnt, rustix::fs::CWD, target)
-            .with_context(|| format!("Attaching mount at {}", target.display()))?;
-        Ok(())
+        )
+        .map_err(Into::into)
     }
 
     /// Delete every object not reachable from a tag or from `extra_roots`

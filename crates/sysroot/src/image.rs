@@ -259,35 +259,56 @@ fn unquote(v: &str) -> String {
     out
 }
 
-/// A stored image's composefs mounted read-only on a temporary directory,
-/// unmounted (lazily) when dropped.
+/// A stored image's composefs mounted read-only as a detached mount: held
+/// by a file descriptor of this process and attached to no directory, so a
+/// killed process leaks no mount (the kernel drops it with the last
+/// descriptor). The tree's [`ImageTree::path`] is `/proc/<pid>/fd/<fd>`,
+/// which this process and its children (as root) can walk.
 #[derive(Debug)]
 pub struct ImageMount {
     tree: Option<ImageTree>,
-    mountpoint: tempfile::TempDir,
+    _mount: OwnedFd,
 }
+
+/// The prefix of the temporary mount points of older versions, which
+/// attached image mounts to `$TMPDIR/bootc-image-*`.
+const LEGACY_MOUNT_PREFIX: &str = "bootc-image-";
 
 impl ImageMount {
     /// Mount `image` from `store`.
     #[context("Mounting image {}", image.image)]
     pub fn new(store: &Store, image: &StoredImage) -> Result<Self> {
+        static CLEANED: std::sync::Once = std::sync::Once::new();
+        CLEANED.call_once(|| {
+            if let Err(e) = remove_legacy_mounts(&std::env::temp_dir()) {
+                tracing::warn!("{e:#}");
+            }
+        });
         let digest = OciDigest::from_str(&image.manifest_digest)
             .with_context(|| format!("Parsing digest {}", image.manifest_digest))?;
-        let mountpoint = tempfile::Builder::new()
-            .prefix("bootc-image-")
-            .tempdir()
-            .context("Creating mount point")?;
-        store.mount_image(&digest, mountpoint.path())?;
-        let tree = match ImageTree::open(mountpoint.path(), &image.image) {
-            Ok(t) => t,
-            Err(e) => {
-                let _ = unmount(mountpoint.path());
-                return Err(e);
-            }
+        let mount = store.fsmount_image(&digest)?;
+        let root = PathBuf::from(format!(
+            "/proc/{}/fd/{}",
+            std::process::id(),
+            std::os::fd::AsRawFd::as_raw_fd(&mount)
+        ));
+        // The mount's root, opened through the descriptor (not the magic link).
+        let fd = rustix::fs::openat(
+            &mount,
+            ".",
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .with_context(|| format!("Opening the root of image {}", image.image))?;
+        let tree = ImageTree {
+            root,
+            fd,
+            name: image.image.clone(),
         };
+        bootc_utils::crashpoint::point("image.mounted");
         Ok(Self {
             tree: Some(tree),
-            mountpoint,
+            _mount: mount,
         })
     }
 }
@@ -299,18 +320,65 @@ impl std::ops::Deref for ImageMount {
     }
 }
 
-impl Drop for ImageMount {
-    fn drop(&mut self) {
-        self.tree.take();
-        if let Err(e) = unmount(self.mountpoint.path()) {
-            tracing::warn!("unmounting {}: {e:#}", self.mountpoint.path().display());
-        }
-    }
+/// The mount points of `/proc/self/mountinfo` text that older versions
+/// left: `<tmp>/bootc-image-*` directly under `tmp`.
+pub fn legacy_mounts(mountinfo: &str, tmp: &Path) -> Vec<PathBuf> {
+    let mut out: Vec<PathBuf> = mountinfo
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(|p| PathBuf::from(unescape_mountinfo(p)))
+        .filter(|p| {
+            p.parent() == Some(tmp)
+                && p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with(LEGACY_MOUNT_PREFIX))
+        })
+        .collect();
+    out.dedup();
+    out
 }
 
-fn unmount(p: &Path) -> Result<()> {
-    rustix::mount::unmount(p, rustix::mount::UnmountFlags::DETACH)
-        .with_context(|| format!("Unmounting {}", p.display()))
+/// Undo mountinfo's octal escapes (`\040` for a space).
+fn unescape_mountinfo(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
+            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Unmount (lazily) and remove the image mount points older versions left
+/// in `tmp` when they were killed; they keep the filesystem of the store
+/// busy. Returns how many were removed.
+#[context("Removing image mounts left in {}", tmp.display())]
+pub fn remove_legacy_mounts(tmp: &Path) -> Result<usize> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").context("Reading mountinfo")?;
+    let found = legacy_mounts(&info, tmp);
+    let mut n = 0;
+    for p in &found {
+        // Stacked mounts on one point: unmount until none is left.
+        while rustix::mount::unmount(p, rustix::mount::UnmountFlags::DETACH).is_ok() {
+            n += 1;
+        }
+        if let Err(e) = std::fs::remove_dir(p) {
+            tracing::debug!("removing {}: {e}", p.display());
+        }
+    }
+    if n > 0 {
+        tracing::warn!(
+            "unmounted {n} image mount(s) left in {} by an interrupted bootc",
+            tmp.display()
+        );
+    }
+    Ok(n)
 }
 
 #[cfg(test)]
@@ -375,6 +443,22 @@ mod tests {
         std::os::unix::fs::symlink("/usr/lib/os-release", td.path().join("etc/os-release"))
             .unwrap();
         assert_eq!(t.os_release().unwrap().pretty_name(), "Inside");
+    }
+
+    #[test]
+    fn finds_legacy_mounts() {
+        let info = "36 25 0:32 / / rw - ext4 /dev/vda rw\n\
+                    90 36 0:50 / /tmp/bootc-image-Ab12 ro - overlay composefs:x ro\n\
+                    91 36 0:51 / /tmp/bootc-image-Ab12 ro - overlay composefs:x ro\n\
+                    92 36 0:52 / /tmp/x/bootc-image-no ro - overlay composefs:x ro\n\
+                    93 36 0:53 / /tmp/bootc-image-sp\\040ace ro - overlay composefs:x ro\n";
+        assert_eq!(
+            legacy_mounts(info, Path::new("/tmp")),
+            [
+                PathBuf::from("/tmp/bootc-image-Ab12"),
+                PathBuf::from("/tmp/bootc-image-sp ace")
+            ]
+        );
     }
 
     #[test]
