@@ -72,22 +72,14 @@ if kill -0 "$qemupid" 2>/dev/null; then
 fi
 qemupid=
 grep -q BOOTC-STATUS-END "$work/serial.log" || { echo "error: no status from the guest; see $work/serial.log" >&2; exit 1; }
-# The status block of the serial log without the kernel and systemd console
-# lines printed into it (kernel messages may cut a line of JSON: the part
-# before their timestamp is kept).
+# The status block of the serial log, by the unit's prefix
+# (`bootc-status-console[PID]: `): kernel and other units' console lines
+# printed into it are left out.
 python3 - "$work/serial.log" > "$work/status.json" <<'PY'
 import json, re, sys
 text = open(sys.argv[1], "rb").read().decode("utf-8", "replace").replace("\r", "")
-text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", text)
-block = text.split("BOOTC-STATUS-BEGIN\n", 1)[1].split("BOOTC-STATUS-END", 1)[0]
-kept = []
-for line in block.split("\n"):
-    m = re.search(r"\[\s*\d+\.\d+\]", line)
-    if m:
-        line = line[: m.start()]
-    if re.match(r"^\[[^\]\"]*[A-Za-z*][^\]\"]*\]", line) or re.match(r"^\s*[A-Z]", line):
-        continue
-    kept.append(line)
+block = text.split("BOOTC-STATUS-BEGIN", 1)[1].split("BOOTC-STATUS-END", 1)[0]
+kept = [m.group(1) for m in re.finditer(r"bootc-status-console\[\d+\]: (.*)", block)]
 json.dump(json.loads("\n".join(kept)), sys.stdout)
 PY
 echo "== bootc status --format json, from the guest (also in $work/status.json)"
