@@ -2,7 +2,8 @@
 # The main job on a built-in default: build the example bootable image, pull it
 # into a store (from podman's storage and from a local registry), install it to
 # a disk image file, boot that disk in qemu (BIOS/GRUB, TCG) and print the
-# `bootc status` the guest reports on its serial console.
+# `bootc status` the guest reports on its serial console as clean JSON, then a
+# summary.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/deps.sh
@@ -70,7 +71,28 @@ if kill -0 "$qemupid" 2>/dev/null; then
   exit 1
 fi
 qemupid=
-echo "== bootc status --format json, as printed by the guest"
-sed -n '/BOOTC-STATUS-BEGIN/,/BOOTC-STATUS-END/p' "$work/serial.log" | tr -d '\r'
+grep -q BOOTC-STATUS-END "$work/serial.log" || { echo "error: no status from the guest; see $work/serial.log" >&2; exit 1; }
+# The status block of the serial log, by the unit's prefix
+# (`bootc-status-console[PID]: `): kernel and other units' console lines
+# printed into it are left out.
+python3 - "$work/serial.log" > "$work/status.json" <<'PY'
+import json, re, sys
+text = open(sys.argv[1], "rb").read().decode("utf-8", "replace").replace("\r", "")
+block = text.split("BOOTC-STATUS-BEGIN", 1)[1].split("BOOTC-STATUS-END", 1)[0]
+kept = [m.group(1) for m in re.finditer(r"bootc-status-console\[\d+\]: (.*)", block)]
+json.dump(json.loads("\n".join(kept)), sys.stdout)
+PY
+echo "== bootc status --format json, from the guest (also in $work/status.json)"
+jq . "$work/status.json"
+echo "== findmnt in the guest"
 grep -a -E 'BOOTC-FINDMNT-(ROOT|USR)' "$work/serial.log" | tr -d '\r' || true
-grep -q BOOTC-STATUS-END "$work/serial.log" || { echo "error: no status from the guest" >&2; exit 1; }
+image_digest=$(podman image inspect --format '{{.Digest}}' localhost/bootc-example:latest)
+booted=$(jq -r '.status.booted.image.image.image // "none"' "$work/status.json")
+booted_digest=$(jq -r '.status.booted.image.imageDigest // "none"' "$work/status.json")
+echo "== Summary"
+echo "image built:        localhost/bootc-example:latest ($image_digest)"
+echo "pulled into:        $sysroot (from containers-storage and 127.0.0.1:$port)"
+echo "disk:               $work/disk.raw (GPT, installed with bootc install to-disk)"
+echo "boot loader:        GRUB (BIOS), booted in qemu TCG with SeaBIOS"
+if [ "$booted_digest" = "$image_digest" ]; then same="the image built above"; else same="podman has $image_digest"; fi
+echo "booted deployment:  $booted @ $booted_digest ($same)"

@@ -4,6 +4,7 @@
 //! Tests that need root are skipped with a message when not run as root.
 
 mod boot;
+mod deps;
 mod hostile;
 mod lifecycle;
 mod pull;
@@ -36,6 +37,7 @@ fn main() -> Result<()> {
         .chain(boot::TESTS)
         .chain(pull::TESTS)
         .chain(hostile::TESTS)
+        .chain(deps::TESTS)
         .copied()
         .collect();
     let ctx = if root && !args.list {
