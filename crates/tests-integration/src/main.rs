@@ -7,6 +7,7 @@ mod boot;
 mod hostile;
 mod lifecycle;
 mod pull;
+mod signed;
 mod unattended;
 
 use std::sync::Arc;
@@ -36,6 +37,7 @@ fn main() -> Result<()> {
         .chain(boot::TESTS)
         .chain(pull::TESTS)
         .chain(hostile::TESTS)
+        .chain(signed::TESTS)
         .copied()
         .collect();
     let ctx = if root && !args.list {
