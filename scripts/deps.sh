@@ -7,7 +7,7 @@ PACKAGES=(
   qemu-system-x86 qemu-utils ovmf seabios udev grub2-common grub-pc-bin grub-efi-amd64-bin
   mtools dosfstools fdisk gdisk e2fsprogs xfsprogs btrfs-progs util-linux
   jq python3 python3-jsonschema binutils time busybox-static
-  git procps hyperfine
+  git procps hyperfine gnupg
 )
 missing=()
 for p in "${PACKAGES[@]}"; do

@@ -366,6 +366,9 @@ async fn skopeo_copy(imgref: &ImageRef, layout: &Path, opts: &PullOptions) -> Re
     cmd.arg("copy")
         .arg("--quiet")
         .arg("--preserve-digests")
+        // The policy is checked on the source before the copy; an OCI
+        // layout cannot hold signatures, so do not try to write them.
+        .arg("--remove-signatures")
         .arg("--policy")
         .arg(&opts.policy_path);
     if let Some(a) = &opts.authfile {

@@ -8,6 +8,7 @@ mod deps;
 mod hostile;
 mod lifecycle;
 mod pull;
+mod signed;
 mod unattended;
 
 use std::sync::Arc;
@@ -38,6 +39,7 @@ fn main() -> Result<()> {
         .chain(pull::TESTS)
         .chain(hostile::TESTS)
         .chain(deps::TESTS)
+        .chain(signed::TESTS)
         .copied()
         .collect();
     let ctx = if root && !args.list {
