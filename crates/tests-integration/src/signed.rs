@@ -21,6 +21,10 @@ pub const TESTS: &[(&str, TestFn)] = &[
         "signed_by_gpg_swapped_tampered_and_identity_rules",
         signed_by_gpg_swapped_tampered_and_identity_rules,
     ),
+    (
+        "signed_by_gpg_offline_switch_refuses_unsigned",
+        signed_by_gpg_offline_switch_refuses_unsigned,
+    ),
 ];
 
 /// A GPG key generated for the test, in its own GNUPGHOME.
@@ -475,5 +479,111 @@ fn signed_by_gpg_accepts_signed_refuses_the_rest(ctx: &Ctx) -> Result<()> {
         "exactReference to another name",
         "signed-helper-ok:v1 is not accepted",
     )?;
+    Ok(())
+}
+
+/// A mounted filesystem, unmounted on drop.
+struct Mounted(PathBuf);
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        if let Err(e) = run(Command::new("umount").arg(&self.0)) {
+            eprintln!("warning: unmounting {}: {e:#}", self.0.display());
+        }
+    }
+}
+
+/// The deployment directories of an installed root partition.
+fn deployments(root: &Path) -> Result<Vec<String>> {
+    let dir = root.join("state/deploy");
+    let mut v = fs::read_dir(&dir)
+        .with_context(|| format!("Reading {}", dir.display()))?
+        .map(|e| Ok(e?.file_name().to_string_lossy().into_owned()))
+        .collect::<Result<Vec<_>>>()?;
+    v.sort();
+    Ok(v)
+}
+
+/// `bootc --sysroot MNT switch` (offline) under a `signedBy` policy: an
+/// unsigned image is refused with the policy's reason and the installed
+/// system is left as it was (same deployments, same status, nothing staged).
+fn signed_by_gpg_offline_switch_refuses_unsigned(ctx: &Ctx) -> Result<()> {
+    let src = build_image("localhost/signed-helper-img:offline", 183)?;
+    let cfg = SigConfig::new(ctx)?;
+    let key = gen_key("signed-helper-d")?;
+    let addr = &ctx.registry.addr;
+    cfg.push(
+        &src,
+        &format!("docker://{addr}/signed-helper-offline:v1"),
+        None,
+        None,
+    )?;
+    let policy = signed_by_policy(&cfg, ctx, "signed-by.json", &key, None)?;
+
+    let work = tempfile::Builder::new()
+        .prefix("bootc-signed.")
+        .tempdir_in("/var/tmp")?;
+    let disk = work.path().join("disk.img");
+    fs::File::create(&disk)?.set_len(6 << 30)?;
+    crate::lifecycle::install_to_disk(ctx, "localhost/bootc-example:latest", "grub", &[], &disk)?;
+    let lo = crate::lifecycle::Loop::attach(&disk)?;
+    let root = bootc_tests_integration::vm::partitions(&disk)?
+        .into_iter()
+        .find(|p| p.type_guid == "4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709")
+        .context("no x86-64 root partition on the installed disk")?;
+    let dev = lo.partition(root.number)?;
+    let mnt = work.path().join("mnt");
+    fs::create_dir(&mnt)?;
+    run(Command::new("mount").arg(&dev).arg(&mnt))?;
+    let mounted = Mounted(mnt.clone());
+
+    let before = deployments(&mnt)?;
+    ensure!(
+        before.len() == 1,
+        "one deployment after install: {before:?}"
+    );
+    let status = || -> Result<serde_json::Value> {
+        let out = ctx.bootc.ok(&mnt, &["status", "--format", "json"])?;
+        Ok(serde_json::from_slice(&out.stdout)?)
+    };
+    let status_before = status()?;
+    let out = ctx
+        .bootc
+        .cmd(&mnt)
+        .env("HOME", cfg.home.path())
+        .env("CONTAINERS_POLICY_JSON", &policy)
+        .args(["switch", &format!("{addr}/signed-helper-offline:v1")])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .output()?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    println!(
+        "offline switch under signedBy: {}\nstderr: {err}",
+        out.status
+    );
+    ensure!(
+        !out.status.success(),
+        "offline switch to an unsigned image must be refused"
+    );
+    ensure!(
+        err.contains("Source image rejected") && err.contains("no signature exists"),
+        "offline switch: policy's reason shown: {err}"
+    );
+    ensure!(
+        deployments(&mnt)? == before,
+        "offline switch refused: deployments unchanged"
+    );
+    let status_after = status()?;
+    ensure!(
+        status_after == status_before,
+        "offline switch refused: status unchanged: {status_before} -> {status_after}"
+    );
+    ensure!(
+        status_after["status"]["staged"].is_null(),
+        "nothing staged: {}",
+        status_after["status"]["staged"]
+    );
+    drop(mounted);
+    drop(lo);
     Ok(())
 }
