@@ -12,10 +12,20 @@ use bootc_tests_integration::{ImageSpec, count_objects, noise, run};
 use crate::{Ctx, TestFn};
 
 /// The tests of this module.
-pub const TESTS: &[(&str, TestFn)] = &[(
-    "signed_by_gpg_accepts_signed_refuses_the_rest",
-    signed_by_gpg_accepts_signed_refuses_the_rest,
-)];
+pub const TESTS: &[(&str, TestFn)] = &[
+    (
+        "signed_by_gpg_accepts_signed_refuses_the_rest",
+        signed_by_gpg_accepts_signed_refuses_the_rest,
+    ),
+    (
+        "signed_by_gpg_swapped_tampered_and_identity_rules",
+        signed_by_gpg_swapped_tampered_and_identity_rules,
+    ),
+    (
+        "signed_by_gpg_offline_switch_refuses_unsigned",
+        signed_by_gpg_offline_switch_refuses_unsigned,
+    ),
+];
 
 /// A GPG key generated for the test, in its own GNUPGHOME.
 struct Key {
@@ -183,14 +193,218 @@ fn refused(
     Ok(())
 }
 
-fn signed_by_gpg_accepts_signed_refuses_the_rest(ctx: &Ctx) -> Result<()> {
+/// Accepted and imported; the imported manifest is the signed one (`digest`).
+fn accepted(
+    ctx: &Ctx,
+    cfg: &SigConfig,
+    policy: &Path,
+    imgref: &str,
+    what: &str,
+    digest: &str,
+) -> Result<()> {
+    let sysroot = tempfile::tempdir()?;
+    let out = pull(ctx, cfg, sysroot.path(), policy, imgref)?;
+    ensure!(
+        out.status.success(),
+        "{what}: must be accepted: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let outcome: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    ensure!(
+        outcome.to_string().contains(digest),
+        "{what}: pull reports the pushed digest {digest}: {outcome}"
+    );
+    let list = ctx.bootc.list(sysroot.path())?;
+    ensure!(list.len() == 1, "{what}: {list:?}");
+    ensure!(
+        list[0].to_string().contains(digest),
+        "{what}: listed image has the signed manifest digest {digest}: {}",
+        list[0]
+    );
+    ensure!(
+        count_objects(sysroot.path())? > 0,
+        "{what}: content imported"
+    );
+    Ok(())
+}
+
+/// A policy rejecting everything but `signedBy` `key` on our registry, with
+/// an optional `signedIdentity` object (JSON text).
+fn signed_by_policy(
+    cfg: &SigConfig,
+    ctx: &Ctx,
+    name: &str,
+    key: &Key,
+    identity: Option<&str>,
+) -> Result<PathBuf> {
+    let ident = identity
+        .map(|i| format!(r#","signedIdentity":{i}"#))
+        .unwrap_or_default();
+    cfg.policy(
+        name,
+        &format!(
+            r#"{{"default":[{{"type":"reject"}}],"transports":{{"docker":{{"{}":[{{"type":"signedBy","keyType":"GPGKeys","keyPath":"{}"{ident}}}]}}}}}}"#,
+            ctx.registry.addr,
+            key.public.display()
+        ),
+    )
+}
+
+/// The lookaside signature file skopeo wrote for `repo@digest`.
+fn sig_file(cfg: &SigConfig, repo: &str, digest: &str) -> PathBuf {
+    cfg.lookaside
+        .join(format!("{repo}@{}", digest.replacen(':', "=", 1)))
+        .join("signature-1")
+}
+
+fn build_image(name: &str, seed: u64) -> Result<String> {
     let img = ImageSpec {
-        name: "localhost/signed-helper-img:v1".into(),
-        layers: vec![vec![("usr/lib/signed/f".into(), noise(18, 8192))]],
+        name: name.into(),
+        layers: vec![vec![("usr/lib/signed/f".into(), noise(seed, 8192))]],
         labels: vec![],
     };
     img.build()?;
-    let src = format!("containers-storage:{}", img.name);
+    Ok(format!("containers-storage:{}", img.name))
+}
+
+fn signed_by_gpg_swapped_tampered_and_identity_rules(ctx: &Ctx) -> Result<()> {
+    let src_a = build_image("localhost/signed-helper-img:a", 181)?;
+    let src_b = build_image("localhost/signed-helper-img:b", 182)?;
+    let cfg = SigConfig::new(ctx)?;
+    let key = gen_key("signed-helper-c")?;
+    let addr = &ctx.registry.addr;
+    let r = |repo: &str| format!("docker://{addr}/{repo}");
+    let policy = signed_by_policy(&cfg, ctx, "signed-by.json", &key, None)?;
+
+    // Swapped signature: A and B both signed by the trusted key; A's
+    // signature copied over B's. B's manifest is not the one signed.
+    let da = cfg.push(&src_a, &r("signed-helper-swap:a"), Some(&key), None)?;
+    let db = cfg.push(&src_b, &r("signed-helper-swap:b"), Some(&key), None)?;
+    ensure!(da != db, "two distinct images: {da} {db}");
+    let (sa, sb) = (
+        sig_file(&cfg, "signed-helper-swap", &da),
+        sig_file(&cfg, "signed-helper-swap", &db),
+    );
+    ensure!(sa.exists() && sb.exists(), "{sa:?} and {sb:?} written");
+    accepted(
+        ctx,
+        &cfg,
+        &policy,
+        &r("signed-helper-swap:b"),
+        "B before the swap",
+        &db,
+    )?;
+    fs::copy(&sa, &sb)?;
+    refused(
+        ctx,
+        &cfg,
+        &policy,
+        &r("signed-helper-swap:b"),
+        "A's signature over B",
+        "does not match",
+    )?;
+
+    // Tampered tag: a signed manifest, then another (unsigned) manifest
+    // pushed over the same tag. The old digest's signature stays in the
+    // lookaside store, but the manifest now served is a different one.
+    let dt = cfg.push(&src_a, &r("signed-helper-tamper:v1"), Some(&key), None)?;
+    let dt2 = cfg.push(&src_b, &r("signed-helper-tamper:v1"), None, None)?;
+    ensure!(dt != dt2, "the tag now names another manifest");
+    ensure!(sig_file(&cfg, "signed-helper-tamper", &dt).exists());
+    refused(
+        ctx,
+        &cfg,
+        &policy,
+        &r("signed-helper-tamper:v1"),
+        "tag overwritten with another manifest",
+        "no signature exists",
+    )?;
+
+    // matchRepository: a signature for repo:othertag accepts repo:tag...
+    let dm = cfg.push(
+        &src_a,
+        &r("signed-helper-repo:v1"),
+        Some(&key),
+        Some(&format!("{addr}/signed-helper-repo:othertag")),
+    )?;
+    let match_repo = signed_by_policy(
+        &cfg,
+        ctx,
+        "match-repo.json",
+        &key,
+        Some(r#"{"type":"matchRepository"}"#),
+    )?;
+    accepted(
+        ctx,
+        &cfg,
+        &match_repo,
+        &r("signed-helper-repo:v1"),
+        "matchRepository",
+        &dm,
+    )?;
+    // ...which the default (matchRepoDigestOrExact) refuses.
+    refused(
+        ctx,
+        &cfg,
+        &policy,
+        &r("signed-helper-repo:v1"),
+        "another tag under the default identity rule",
+        "signed-helper-repo:othertag is not accepted",
+    )?;
+    // ...but not a signature for another repository.
+    cfg.push(
+        &src_a,
+        &r("signed-helper-repo2:v1"),
+        Some(&key),
+        Some(&format!("{addr}/signed-helper-elsewhere:v1")),
+    )?;
+    refused(
+        ctx,
+        &cfg,
+        &match_repo,
+        &r("signed-helper-repo2:v1"),
+        "matchRepository, another repository",
+        "signed-helper-elsewhere:v1 is not accepted",
+    )?;
+
+    // remapIdentity: pulled from a mirror prefix, signed under the origin's.
+    let signed_name = "origin.example.invalid/signed-helper/app:v1";
+    let dr = cfg.push(
+        &src_b,
+        &r("signed-helper-mirror/app:v1"),
+        Some(&key),
+        Some(signed_name),
+    )?;
+    let remap = signed_by_policy(
+        &cfg,
+        ctx,
+        "remap.json",
+        &key,
+        Some(&format!(
+            r#"{{"type":"remapIdentity","prefix":"{addr}/signed-helper-mirror","signedPrefix":"origin.example.invalid/signed-helper"}}"#
+        )),
+    )?;
+    accepted(
+        ctx,
+        &cfg,
+        &remap,
+        &r("signed-helper-mirror/app:v1"),
+        "remapIdentity",
+        &dr,
+    )?;
+    refused(
+        ctx,
+        &cfg,
+        &policy,
+        &r("signed-helper-mirror/app:v1"),
+        "origin's identity without the remap",
+        "is not accepted",
+    )?;
+    Ok(())
+}
+
+fn signed_by_gpg_accepts_signed_refuses_the_rest(ctx: &Ctx) -> Result<()> {
+    let src = build_image("localhost/signed-helper-img:v1", 18)?;
     let cfg = SigConfig::new(ctx)?;
     let key = gen_key("signed-helper-a")?;
     let other = gen_key("signed-helper-b")?;
@@ -211,41 +425,15 @@ fn signed_by_gpg_accepts_signed_refuses_the_rest(ctx: &Ctx) -> Result<()> {
         Some(&format!("{addr}/signed-helper-elsewhere:v1")),
     )?;
 
-    let policy = cfg.policy(
-        "signed-by.json",
-        &format!(
-            r#"{{"default":[{{"type":"reject"}}],"transports":{{"docker":{{"{addr}":[{{"type":"signedBy","keyType":"GPGKeys","keyPath":"{}"}}]}}}}}}"#,
-            key.public.display()
-        ),
-    )?;
-
-    // Accepted and imported; the imported manifest is the signed one.
-    let sysroot = tempfile::tempdir()?;
-    let out = pull(
+    let policy = signed_by_policy(&cfg, ctx, "signed-by.json", &key, None)?;
+    accepted(
         ctx,
         &cfg,
-        sysroot.path(),
         &policy,
         &r("signed-helper-ok:v1"),
+        "correctly signed",
+        &digest,
     )?;
-    ensure!(
-        out.status.success(),
-        "a correctly signed image must be accepted: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let outcome: serde_json::Value = serde_json::from_slice(&out.stdout)?;
-    ensure!(
-        outcome.to_string().contains(&digest),
-        "pull reports the pushed digest {digest}: {outcome}"
-    );
-    let list = ctx.bootc.list(sysroot.path())?;
-    ensure!(list.len() == 1, "{list:?}");
-    ensure!(
-        list[0].to_string().contains(&digest),
-        "listed image has the signed manifest digest {digest}: {}",
-        list[0]
-    );
-    ensure!(count_objects(sysroot.path())? > 0, "content imported");
 
     refused(
         ctx,
@@ -274,12 +462,14 @@ fn signed_by_gpg_accepts_signed_refuses_the_rest(ctx: &Ctx) -> Result<()> {
 
     // exactReference: a valid signature for the pulled name, but the policy
     // demands another identity.
-    let exact = cfg.policy(
+    let exact = signed_by_policy(
+        &cfg,
+        ctx,
         "exact.json",
-        &format!(
-            r#"{{"default":[{{"type":"reject"}}],"transports":{{"docker":{{"{addr}":[{{"type":"signedBy","keyType":"GPGKeys","keyPath":"{}","signedIdentity":{{"type":"exactReference","dockerReference":"{addr}/signed-helper-elsewhere:v1"}}}}]}}}}}}"#,
-            key.public.display()
-        ),
+        &key,
+        Some(&format!(
+            r#"{{"type":"exactReference","dockerReference":"{addr}/signed-helper-elsewhere:v1"}}"#
+        )),
     )?;
     refused(
         ctx,
@@ -289,5 +479,111 @@ fn signed_by_gpg_accepts_signed_refuses_the_rest(ctx: &Ctx) -> Result<()> {
         "exactReference to another name",
         "signed-helper-ok:v1 is not accepted",
     )?;
+    Ok(())
+}
+
+/// A mounted filesystem, unmounted on drop.
+struct Mounted(PathBuf);
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        if let Err(e) = run(Command::new("umount").arg(&self.0)) {
+            eprintln!("warning: unmounting {}: {e:#}", self.0.display());
+        }
+    }
+}
+
+/// The deployment directories of an installed root partition.
+fn deployments(root: &Path) -> Result<Vec<String>> {
+    let dir = root.join("state/deploy");
+    let mut v = fs::read_dir(&dir)
+        .with_context(|| format!("Reading {}", dir.display()))?
+        .map(|e| Ok(e?.file_name().to_string_lossy().into_owned()))
+        .collect::<Result<Vec<_>>>()?;
+    v.sort();
+    Ok(v)
+}
+
+/// `bootc --sysroot MNT switch` (offline) under a `signedBy` policy: an
+/// unsigned image is refused with the policy's reason and the installed
+/// system is left as it was (same deployments, same status, nothing staged).
+fn signed_by_gpg_offline_switch_refuses_unsigned(ctx: &Ctx) -> Result<()> {
+    let src = build_image("localhost/signed-helper-img:offline", 183)?;
+    let cfg = SigConfig::new(ctx)?;
+    let key = gen_key("signed-helper-d")?;
+    let addr = &ctx.registry.addr;
+    cfg.push(
+        &src,
+        &format!("docker://{addr}/signed-helper-offline:v1"),
+        None,
+        None,
+    )?;
+    let policy = signed_by_policy(&cfg, ctx, "signed-by.json", &key, None)?;
+
+    let work = tempfile::Builder::new()
+        .prefix("bootc-signed.")
+        .tempdir_in("/var/tmp")?;
+    let disk = work.path().join("disk.img");
+    fs::File::create(&disk)?.set_len(6 << 30)?;
+    crate::lifecycle::install_to_disk(ctx, "localhost/bootc-example:latest", "grub", &[], &disk)?;
+    let lo = crate::lifecycle::Loop::attach(&disk)?;
+    let root = bootc_tests_integration::vm::partitions(&disk)?
+        .into_iter()
+        .find(|p| p.type_guid == "4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709")
+        .context("no x86-64 root partition on the installed disk")?;
+    let dev = lo.partition(root.number)?;
+    let mnt = work.path().join("mnt");
+    fs::create_dir(&mnt)?;
+    run(Command::new("mount").arg(&dev).arg(&mnt))?;
+    let mounted = Mounted(mnt.clone());
+
+    let before = deployments(&mnt)?;
+    ensure!(
+        before.len() == 1,
+        "one deployment after install: {before:?}"
+    );
+    let status = || -> Result<serde_json::Value> {
+        let out = ctx.bootc.ok(&mnt, &["status", "--format", "json"])?;
+        Ok(serde_json::from_slice(&out.stdout)?)
+    };
+    let status_before = status()?;
+    let out = ctx
+        .bootc
+        .cmd(&mnt)
+        .env("HOME", cfg.home.path())
+        .env("CONTAINERS_POLICY_JSON", &policy)
+        .args(["switch", &format!("{addr}/signed-helper-offline:v1")])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .output()?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    println!(
+        "offline switch under signedBy: {}\nstderr: {err}",
+        out.status
+    );
+    ensure!(
+        !out.status.success(),
+        "offline switch to an unsigned image must be refused"
+    );
+    ensure!(
+        err.contains("Source image rejected") && err.contains("no signature exists"),
+        "offline switch: policy's reason shown: {err}"
+    );
+    ensure!(
+        deployments(&mnt)? == before,
+        "offline switch refused: deployments unchanged"
+    );
+    let status_after = status()?;
+    ensure!(
+        status_after == status_before,
+        "offline switch refused: status unchanged: {status_before} -> {status_after}"
+    );
+    ensure!(
+        status_after["status"]["staged"].is_null(),
+        "nothing staged: {}",
+        status_after["status"]["staged"]
+    );
+    drop(mounted);
+    drop(lo);
     Ok(())
 }
