@@ -13,15 +13,8 @@ use std::process::Command;
 
 const REPO: &str = "localhost/bootc-lifecycle-test";
 
-fn sh(cmd: &mut Command) -> String {
-    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
+mod common;
+use common::sh;
 
 fn bootc(args: &[&str]) {
     let mut v = vec!["bootc".to_owned()];
