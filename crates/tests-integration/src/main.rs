@@ -6,6 +6,7 @@
 mod boot;
 mod deps;
 mod hostile;
+mod guest;
 mod lifecycle;
 mod pull;
 mod signed;

@@ -9,6 +9,7 @@ use std::process::{Command, Stdio};
 use anyhow::{Context, Result, ensure};
 use bootc_tests_integration::{ImageSpec, count_objects, noise, run};
 
+use crate::guest::{self, disk::deployment_ids};
 use crate::{Ctx, TestFn};
 
 /// The tests of this module.
@@ -482,28 +483,6 @@ fn signed_by_gpg_accepts_signed_refuses_the_rest(ctx: &Ctx) -> Result<()> {
     Ok(())
 }
 
-/// A mounted filesystem, unmounted on drop.
-struct Mounted(PathBuf);
-
-impl Drop for Mounted {
-    fn drop(&mut self) {
-        if let Err(e) = run(Command::new("umount").arg(&self.0)) {
-            eprintln!("warning: unmounting {}: {e:#}", self.0.display());
-        }
-    }
-}
-
-/// The deployment directories of an installed root partition.
-fn deployments(root: &Path) -> Result<Vec<String>> {
-    let dir = root.join("state/deploy");
-    let mut v = fs::read_dir(&dir)
-        .with_context(|| format!("Reading {}", dir.display()))?
-        .map(|e| Ok(e?.file_name().to_string_lossy().into_owned()))
-        .collect::<Result<Vec<_>>>()?;
-    v.sort();
-    Ok(v)
-}
-
 /// `bootc --sysroot MNT switch` (offline) under a `signedBy` policy: an
 /// unsigned image is refused with the policy's reason and the installed
 /// system is left as it was (same deployments, same status, nothing staged).
@@ -520,38 +499,30 @@ fn signed_by_gpg_offline_switch_refuses_unsigned(ctx: &Ctx) -> Result<()> {
     )?;
     let policy = signed_by_policy(&cfg, ctx, "signed-by.json", &key, None)?;
 
-    let work = tempfile::Builder::new()
-        .prefix("bootc-signed.")
-        .tempdir_in("/var/tmp")?;
-    let disk = work.path().join("disk.img");
-    fs::File::create(&disk)?.set_len(6 << 30)?;
-    crate::lifecycle::install_to_disk(ctx, "localhost/bootc-example:latest", "grub", &[], &disk)?;
-    let lo = crate::lifecycle::Loop::attach(&disk)?;
-    let root = bootc_tests_integration::vm::partitions(&disk)?
-        .into_iter()
-        .find(|p| p.type_guid == "4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709")
-        .context("no x86-64 root partition on the installed disk")?;
-    let dev = lo.partition(root.number)?;
-    let mnt = work.path().join("mnt");
-    fs::create_dir(&mnt)?;
-    run(Command::new("mount").arg(&dev).arg(&mnt))?;
-    let mounted = Mounted(mnt.clone());
+    let disk = guest::DiskFile::new(6 << 30)?;
+    let img = "localhost/bootc-example:latest";
+    guest::install_to_disk(&ctx.bootc, img, "grub", &[], &disk.path)?;
+    guest::with_root_fs(&disk.path, true, |mnt| {
+        offline_switch_refused(ctx, &cfg, &policy, mnt)
+    })
+}
 
-    let before = deployments(&mnt)?;
+/// The offline switch of [`signed_by_gpg_offline_switch_refuses_unsigned`]
+/// on the mounted root filesystem `mnt`.
+fn offline_switch_refused(ctx: &Ctx, cfg: &SigConfig, policy: &Path, mnt: &Path) -> Result<()> {
+    let addr = &ctx.registry.addr;
+    let before = deployment_ids(mnt)?;
     ensure!(
         before.len() == 1,
         "one deployment after install: {before:?}"
     );
-    let status = || -> Result<serde_json::Value> {
-        let out = ctx.bootc.ok(&mnt, &["status", "--format", "json"])?;
-        Ok(serde_json::from_slice(&out.stdout)?)
-    };
+    let status = || guest::offline_status(&ctx.bootc, mnt);
     let status_before = status()?;
     let out = ctx
         .bootc
-        .cmd(&mnt)
+        .cmd(mnt)
         .env("HOME", cfg.home.path())
-        .env("CONTAINERS_POLICY_JSON", &policy)
+        .env("CONTAINERS_POLICY_JSON", policy)
         .args(["switch", &format!("{addr}/signed-helper-offline:v1")])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -570,7 +541,7 @@ fn signed_by_gpg_offline_switch_refuses_unsigned(ctx: &Ctx) -> Result<()> {
         "offline switch: policy's reason shown: {err}"
     );
     ensure!(
-        deployments(&mnt)? == before,
+        deployment_ids(mnt)? == before,
         "offline switch refused: deployments unchanged"
     );
     let status_after = status()?;
@@ -583,7 +554,5 @@ fn signed_by_gpg_offline_switch_refuses_unsigned(ctx: &Ctx) -> Result<()> {
         "nothing staged: {}",
         status_after["status"]["staged"]
     );
-    drop(mounted);
-    drop(lo);
     Ok(())
 }

@@ -33,19 +33,14 @@
 //! systemd-boot, whose own boot counting (`+N` entry names on the ESP) then
 //! does the counting; the default (BIOS/GRUB) is what the test command runs.
 
-use std::fs;
-use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use anyhow::{ensure, Context, Result};
-use bootc_tests_integration::run;
-use bootc_tests_integration::vm::{self, Firmware, Run, Vm};
+use anyhow::{Context, Result, ensure};
+use bootc_tests_integration::vm::{self, Firmware};
 
-use crate::lifecycle::{
-    built_from, expect_booted, expect_entry, expect_karg, install_to_disk, make_test_disk,
-    podman_digest, podman_image_id, report, write_step, Step,
+use crate::guest::{
+    self, Guest, Step, expect_booted, expect_entry, expect_karg, report, skip_without_qemu,
 };
 use crate::{Ctx, TestFn};
 
@@ -60,77 +55,27 @@ const UNHEALTHY: &str = "localhost/bootc-example:unhealthy";
 /// v2 with another variant file; healthy.
 const V4: &str = "localhost/bootc-example:v4";
 
-/// Label naming the v2 image id an image was derived from.
-const FROM_LABEL: &str = "org.bootc-test.v2-id";
-
 /// Size of the sparse disk image.
 const DISK_SIZE: u64 = 8 << 30;
-
-/// Bound of one boot (with its step and shutdown) under TCG.
-const BOOT_TIMEOUT: Duration = Duration::from_secs(900);
-
-/// After `BOOTC-POWEROFF`, time for the shutdown to end with qemu exiting.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(300);
 
 /// One run of this test at a time.
 static LOCK: Mutex<()> = Mutex::new(());
 
 fn vm_unattended_auto_rollback(ctx: &Ctx) -> Result<()> {
-    if let Some(reason) = vm::qemu_missing() {
-        println!("SKIP: {reason}");
-        return Ok(());
-    }
+    skip_without_qemu!();
     let _l = LOCK.lock().unwrap_or_else(|e| e.into_inner());
     let t0 = Instant::now();
-    let v2_id = podman_image_id(V2)?.with_context(|| {
-        format!(
-            "{V2} is not in podman's storage: run `examples/build.sh v2 --build-arg VARIANT=v2`"
-        )
-    })?;
-    derive(
-        &v2_id,
-        UNHEALTHY,
-        "RUN rm /usr/share/bootc-example/healthy\n",
-    )?;
-    derive(
-        &v2_id,
+    guest::require_image(V2, "`examples/build.sh v2 --build-arg VARIANT=v2`")?;
+    guest::derive_image(V2, UNHEALTHY, "RUN rm /usr/share/bootc-example/healthy\n")?;
+    guest::derive_image(
+        V2,
         V4,
         "RUN echo v4 > /usr/share/bootc-example/variant\nLABEL org.opencontainers.image.version=v4\n",
     )?;
-    let work = tempfile::Builder::new()
-        .prefix("bootc-unattended.")
-        .tempdir_in("/var/tmp")?;
-    let mut h = Host::prepare(ctx, work.path())?;
+    let mut h = Host::prepare(ctx)?;
     println!("prepared in {:.1?}", t0.elapsed());
     h.run_all()?;
     println!("unattended scenario passed in {:.1?}", t0.elapsed());
-    Ok(())
-}
-
-/// Build `tag` as v2 (`v2_id`) plus `lines`, unless one built from that v2 exists.
-fn derive(v2_id: &str, tag: &str, lines: &str) -> Result<()> {
-    if built_from(tag, FROM_LABEL, v2_id)? {
-        return Ok(());
-    }
-    let dir = tempfile::Builder::new()
-        .prefix("bootc-unattended-img.")
-        .tempdir_in("/var/tmp")?;
-    fs::write(
-        dir.path().join("Containerfile"),
-        format!("FROM {v2_id}\n{lines}LABEL {FROM_LABEL}={v2_id}\n"),
-    )?;
-    run(Command::new("podman")
-        .args([
-            "build",
-            "--isolation=chroot",
-            "--layers=false",
-            "-t",
-            tag,
-            "-f",
-        ])
-        .arg(dir.path().join("Containerfile"))
-        .arg(dir.path()))
-    .with_context(|| format!("Building {tag} from {V2}"))?;
     Ok(())
 }
 
@@ -144,80 +89,30 @@ fn firmware() -> Firmware {
 }
 
 struct Host {
-    disk: PathBuf,
-    testdisk: PathBuf,
+    guest: Guest,
     v2_digest: String,
     unhealthy_oci: String,
     v4_oci: String,
-    boots: u32,
 }
 
 impl Host {
-    fn prepare(ctx: &Ctx, work: &Path) -> Result<Self> {
-        let disk = work.join("disk.raw");
-        fs::File::create(&disk)?.set_len(DISK_SIZE)?;
-        let start = Instant::now();
-        let bootloader = if firmware() == Firmware::Uefi {
-            "systemd"
-        } else {
-            "grub"
-        };
-        install_to_disk(ctx, V2, bootloader, &[], &disk).context("Installing v2")?;
-        println!("install v2 to-disk ({bootloader}): {:.1?}", start.elapsed());
-        let v2_digest = podman_digest(V2)?;
-
-        let (testdisk, layouts) = make_test_disk(work, &[(UNHEALTHY, "unhealthy"), (V4, "v4")])?;
+    fn prepare(ctx: &Ctx) -> Result<Self> {
+        let v2_digest = guest::podman_digest(V2)?;
+        let (guest, layouts) = Guest::install(
+            &ctx.bootc,
+            V2,
+            firmware(),
+            &[],
+            DISK_SIZE,
+            &[(UNHEALTHY, "unhealthy"), (V4, "v4")],
+        )?;
         let [unhealthy_oci, v4_oci] = [&layouts[0], &layouts[1]].map(Clone::clone);
         Ok(Self {
-            disk,
-            testdisk,
+            guest,
             v2_digest,
             unhealthy_oci,
             v4_oci,
-            boots: 0,
         })
-    }
-
-    fn set_step(&self, body: &str) -> Result<()> {
-        write_step(&self.testdisk, body)
-    }
-
-    /// Boot with `step` until qemu exits by itself (power-off, or a reboot
-    /// under `-no-reboot`).
-    fn boot(&mut self, name: &str, step: &str) -> Result<Run> {
-        self.set_step(step)?;
-        self.boots += 1;
-        let mut vm = Vm::builder()
-            .firmware(firmware())
-            .disk(&self.disk)
-            .disk(&self.testdisk)
-            .build()?;
-        let r = vm.run_to_exit(BOOT_TIMEOUT + SHUTDOWN_GRACE)?;
-        println!(
-            "boot {} ({name}): qemu ended after {:.1?} ({:?})",
-            self.boots, r.elapsed, r.end
-        );
-        ensure!(
-            r.exited_cleanly(),
-            "boot {} ({name}) did not end by itself ({:?})\n{}",
-            self.boots,
-            r.end,
-            report(&r, None)
-        );
-        Ok(r)
-    }
-
-    /// Boot with `step`, which must run to its end with status 0.
-    fn boot_step(&mut self, name: &str, step: &str) -> Result<(Run, Step)> {
-        let r = self.boot(name, step)?;
-        let s = Step::parse(&r).with_context(|| report(&r, None))?;
-        ensure!(
-            s.rc == Some(0),
-            "step.sh of {name} exited with {:?}\n{}",
-            s.rc,
-            report(&r, Some(&s))
-        );
-        Ok((r, s))
     }
 
     fn run_all(&mut self) -> Result<()> {
@@ -230,7 +125,7 @@ impl Host {
         let v4_ref = "/run/bootctest/v4:v4";
 
         // 1. Download now: stage the unhealthy image without applying it.
-        let (r, s) = self.boot_step(
+        let (r, s) = self.guest.boot_step(
             "1: v2, download-only",
             &format!(
                 r#"J before bootc status --format json
@@ -299,7 +194,7 @@ R human bootc status --format humanreadable --verbose
         .context("step 1 (download-only)")?;
 
         // 2. Still v2 after a shutdown; apply later, with a reboot.
-        let r = self.boot(
+        let r = self.guest.boot_to_exit(
             "2: v2 still booted; apply the download",
             r#"J status bootc status --format json
 V overlayfile sh -c 'test -e /usr/bootc-overlay-test && echo present || echo absent'
@@ -337,7 +232,7 @@ sleep 600
         .context("step 2 (apply later)")?;
 
         // 3. The unhealthy deployment boots on trial and fails.
-        let r = self.boot("3: unhealthy on trial", "echo step of the trial boot\n")?;
+        let r = self.guest.boot_to_exit("3: unhealthy on trial", "echo step of the trial boot\n")?;
         (|| -> Result<()> {
             let log = vm::tail_lines(&r.log, usize::MAX);
             ensure!(
@@ -363,7 +258,7 @@ sleep 600
         .context("step 3 (the failed trial boot)")?;
 
         // 4. Back on v2 by itself; status says why; switch to v4 with --apply.
-        let r = self.boot(
+        let r = self.guest.boot_to_exit(
             "4: fell back to v2; switch to v4",
             &format!(
                 r#"J status bootc status --format json
@@ -403,7 +298,7 @@ sleep 600
         .context("step 4 (automatic fallback)")?;
 
         // 5. v4 boots on trial and is blessed.
-        let (r, s) = self.boot_step(
+        let (r, s) = self.guest.boot_step(
             "5: v4 blessed",
             r#"J status bootc status --format json
 V variant cat /usr/share/bootc-example/variant
@@ -452,7 +347,7 @@ J overlaid bootc status --format json
         .context("step 5 (v4 blessed)")?;
 
         // 6. v4 stays.
-        let (r, s) = self.boot_step("6: v4 stays", "J status bootc status --format json\n")?;
+        let (r, s) = self.guest.boot_step("6: v4 stays", "J status bootc status --format json\n")?;
         (|| -> Result<()> {
             let st = s.json("status")?;
             expect_booted(&st, "oci", Some(v4_ref), &v4)?;

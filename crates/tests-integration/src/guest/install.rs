@@ -1,0 +1,83 @@
+//! `bootc install` onto a disk file or a mounted filesystem, as the VM
+//! scenarios need it: the image from containers-storage, the test's
+//! containers configuration, the `bootc.test.poweroff=1` karg of the step
+//! protocol, bounded by [`INSTALL_TIMEOUT`].
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use bootc_tests_integration::{Bootc, run};
+
+use super::INSTALL_TIMEOUT;
+
+/// Run `bootc install ARGS` (under `timeout(1)`), with `what` naming it in
+/// errors; returns how long it took.
+fn install(bootc: &Bootc, args: &[&str], what: &str) -> Result<Duration> {
+    let start = Instant::now();
+    let mut c = Command::new("timeout");
+    c.args(["--kill-after=30", &INSTALL_TIMEOUT.as_secs().to_string()])
+        .arg(&bootc.bin)
+        .arg("install")
+        .args(args)
+        .env("CONTAINERS_REGISTRIES_CONF", bootc.registries_conf())
+        .env("CONTAINERS_POLICY_JSON", bootc.policy_json())
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null());
+    run(&mut c).with_context(|| format!("Installing {what} (install side)"))?;
+    let took = start.elapsed();
+    println!("bootc install {what}: {took:.1?}");
+    Ok(took)
+}
+
+/// `bootc install to-disk --via-loopback` of `img` to the disk file `disk`
+/// with `bootloader` (`grub`, `systemd`); `extra` arguments go before the
+/// disk.
+pub(crate) fn install_to_disk(
+    bootc: &Bootc,
+    img: &str,
+    bootloader: &str,
+    extra: &[&str],
+    disk: &Path,
+) -> Result<Duration> {
+    let disk_s = disk.to_str().context("disk path not UTF-8")?;
+    let src = format!("containers-storage:{img}");
+    let mut args = vec![
+        "to-disk",
+        "--via-loopback",
+        "--source-imgref",
+        &src,
+        "--bootloader",
+        bootloader,
+        "--karg",
+        "bootc.test.poweroff=1",
+    ];
+    args.extend_from_slice(extra);
+    args.push(disk_s);
+    install(bootc, &args, &format!("{img} to-disk {disk_s} ({bootloader})"))
+}
+
+/// `bootc install to-filesystem` of `img` into the mounted `root` with
+/// GRUB; `extra` arguments go before the root.
+pub(crate) fn install_to_filesystem(
+    bootc: &Bootc,
+    img: &str,
+    root: &Path,
+    extra: &[&str],
+) -> Result<Duration> {
+    let root_s = root.to_str().context("root path not UTF-8")?;
+    let src = format!("containers-storage:{img}");
+    let mut args = vec![
+        "to-filesystem",
+        "--source-imgref",
+        &src,
+        "--bootloader",
+        "grub",
+        "--karg",
+        "bootc.test.poweroff=1",
+    ];
+    args.extend_from_slice(extra);
+    args.push(root_s);
+    install(bootc, &args, &format!("{img} to-filesystem {root_s}"))
+}
