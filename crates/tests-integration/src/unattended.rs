@@ -232,7 +232,9 @@ sleep 600
         .context("step 2 (apply later)")?;
 
         // 3. The unhealthy deployment boots on trial and fails.
-        let r = self.guest.boot_to_exit("3: unhealthy on trial", "echo step of the trial boot\n")?;
+        let r = self
+            .guest
+            .boot_to_exit("3: unhealthy on trial", "echo step of the trial boot\n")?;
         (|| -> Result<()> {
             let log = vm::tail_lines(&r.log, usize::MAX);
             ensure!(
@@ -347,7 +349,9 @@ J overlaid bootc status --format json
         .context("step 5 (v4 blessed)")?;
 
         // 6. v4 stays.
-        let (r, s) = self.guest.boot_step("6: v4 stays", "J status bootc status --format json\n")?;
+        let (r, s) = self
+            .guest
+            .boot_step("6: v4 stays", "J status bootc status --format json\n")?;
         (|| -> Result<()> {
             let st = s.json("status")?;
             expect_booted(&st, "oci", Some(v4_ref), &v4)?;

@@ -202,7 +202,10 @@ pub(crate) fn read_deployment_in(sysroot: &Path) -> Result<Deployment> {
         "expected one deployment in state/deploy, found {ids:?}"
     );
     let id = ids.remove(0);
-    let path = sysroot.join("state/deploy").join(&id).join("deployment.json");
+    let path = sysroot
+        .join("state/deploy")
+        .join(&id)
+        .join("deployment.json");
     let json: Value = serde_json::from_str(
         &fs::read_to_string(&path).with_context(|| format!("Reading {}", path.display()))?,
     )

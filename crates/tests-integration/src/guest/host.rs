@@ -204,6 +204,11 @@ pub(crate) fn report(r: &Run, s: Option<&Step>) -> String {
     )
 }
 
+/// `e` followed by the failure report of `r`.
+pub(crate) fn with_report(e: anyhow::Error, r: &Run) -> anyhow::Error {
+    anyhow::anyhow!("{e:#}\n{}", report(r, None))
+}
+
 /// Say which stage of the boot chain failed, from what the console shows.
 pub(crate) fn diagnose(r: &Run) -> String {
     let log = vm::tail_lines(&r.log, usize::MAX);

@@ -79,7 +79,14 @@ pub(crate) fn derive_image(base: &str, tag: &str, lines: &str) -> Result<()> {
     )?;
     let start = Instant::now();
     run(Command::new("podman")
-        .args(["build", "--isolation=chroot", "--layers=false", "-t", tag, "-f"])
+        .args([
+            "build",
+            "--isolation=chroot",
+            "--layers=false",
+            "-t",
+            tag,
+            "-f",
+        ])
         .arg(&containerfile)
         .arg(dir.path()))
     .with_context(|| format!("Building {tag} from {base}"))?;

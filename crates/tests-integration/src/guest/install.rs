@@ -55,7 +55,11 @@ pub(crate) fn install_to_disk(
     ];
     args.extend_from_slice(extra);
     args.push(disk_s);
-    install(bootc, &args, &format!("{img} to-disk {disk_s} ({bootloader})"))
+    install(
+        bootc,
+        &args,
+        &format!("{img} to-disk {disk_s} ({bootloader})"),
+    )
 }
 
 /// `bootc install to-filesystem` of `img` into the mounted `root` with

@@ -11,7 +11,7 @@
 //! - [`install`]: `bootc install to-disk` / `to-filesystem` with the test's
 //!   containers configuration and the `bootc.test.poweroff=1` karg.
 //! - [`step`]: the step protocol: the `BOOTCTEST` disk with OCI layouts and
-//!   `step.sh` (after the shell helpers of [`PRELUDE`]), and [`Step`], what
+//!   `step.sh` (after the shell helpers of [`step::PRELUDE`]), and [`Step`], what
 //!   one step printed, with checks on the status documents in it.
 //! - [`host`]: [`Guest`], an installed disk and its BOOTCTEST disk booted
 //!   once per step; [`report`] and [`diagnose`] for failure messages.
@@ -33,10 +33,10 @@ use std::time::Duration;
 use bootc_tests_integration::vm::Firmware;
 
 pub(crate) use disk::{DiskFile, LoopDev, Mounted, offline_status, read_deployment, with_root_fs};
-pub(crate) use host::{Guest, diagnose, report};
-pub(crate) use image::{derive_image, oci_digest, podman_digest, podman_image_id, require_image};
+pub(crate) use host::{Guest, diagnose, report, with_report};
+pub(crate) use image::{derive_image, oci_digest, podman_digest, require_image};
 pub(crate) use install::{install_to_disk, install_to_filesystem};
-pub(crate) use step::{PRELUDE, Step, expect_booted, expect_entry, expect_karg, make_test_disk};
+pub(crate) use step::{Step, expect_booted, expect_entry, expect_karg};
 
 /// Discoverable Partitions Specification type of an x86-64 root partition.
 pub(crate) const ROOT_X86_64: &str = "4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709";

@@ -271,4 +271,3 @@ pub(crate) fn expect_booted(
     }
     Ok(())
 }
-

@@ -9,7 +9,11 @@ use crate::guest::{expect_booted, expect_entry, expect_karg, report};
 
 impl Lifecycle {
     /// Steps 1-3: local changes on v1, switch to v2, roll back.
-    pub(super) fn guest_switch_and_rollback(&mut self, v1_storage: &str, v2_oci: &str) -> Result<()> {
+    pub(super) fn guest_switch_and_rollback(
+        &mut self,
+        v1_storage: &str,
+        v2_oci: &str,
+    ) -> Result<()> {
         let (v1_storage, v2_oci) = (v1_storage.to_owned(), v2_oci.to_owned());
         // 1. v1 booted: local /etc and /var changes, switch to v2 (OCI
         // layout) with --apply. A persistent journal for step 6.

@@ -43,7 +43,6 @@ fn dir_size(dir: &Path) -> Result<u64> {
     Ok(total)
 }
 
-
 /// One partition of a disk image, from `sfdisk --json`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Partition {

@@ -23,7 +23,6 @@ pub fn tail_lines(text: &str, n: usize) -> String {
         .join("\n")
 }
 
-
 /// Remove ANSI escape sequences (CSI `ESC [ ... letter`, and lone `ESC x`).
 pub fn strip_ansi(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
