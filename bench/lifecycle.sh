@@ -35,102 +35,28 @@
 # deployment directories remain.
 set -euo pipefail
 
-[[ $# == 0 ]] || {
-    echo "usage: $0" >&2
-    exit 2
-}
-
-die() {
-    echo "lifecycle.sh: $*" >&2
-    exit 1
-}
-log() {
-    printf '[%s] %s\n' "$(date +%T)" "$*" >&2
-}
-
-[[ $(id -u) == 0 ]] || die "run as root (loop devices, mounts, podman storage)"
-for tool in podman losetup partx grub-install jq awk; do
-    command -v "$tool" >/dev/null || die "$tool is missing (apt-get install it)"
-done
-
-bench_src=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-workspace=$(cd "$bench_src/.." && pwd)
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+[[ $# == 0 ]] || bench_usage
+bench_init lifecycle.sh "loop devices, mounts, podman storage" \
+    podman losetup partx grub-install jq awk /usr/bin/time
+bench_scratch /var/tmp/bootc-bench-lifecycle
+MNT=$S/mnt
+disk=$S/disk.raw
+mkdir -p "$MNT" "$S/ctx"
 size=${BENCH_SIZE:-8G}
 status_runs=${BENCH_STATUS_RUNS:-50}
 
-bench_dir=${BENCH_DIR:-/var/tmp/bootc-bench-lifecycle}
-bench_dir=${bench_dir%/}
-if [[ -e $bench_dir ]] && [[ -n $(ls -A "$bench_dir") ]]; then
-    die "$bench_dir is not empty: remove it first (and give ext4 discard a minute)"
-fi
-mkdir -p "$bench_dir"
-S=$(cd "$bench_dir" && pwd)
-mkdir -p "$S/res" "$S/mnt"
-MNT=$S/mnt
-disk=$S/disk.raw
-
-loopdev=
-image_mounted=
-cleanup() {
-    local rc=$?
-    if mountpoint -q "$MNT"; then umount "$MNT" || true; fi
-    if [[ -n $loopdev ]]; then
-        partx -d "$loopdev" 2>/dev/null || true
-        losetup -d "$loopdev" 2>/dev/null || true
-    fi
-    if [[ -e $disk ]]; then
-        local l
-        for l in $(losetup -l -n -O NAME -j "$disk"); do
-            partx -d "$l" 2>/dev/null || true
-            losetup -d "$l" 2>/dev/null || true
-        done
-    fi
-    if [[ -n $image_mounted ]]; then
-        podman image unmount "$image_mounted" >/dev/null || true
-    fi
-    if [[ ${BENCH_KEEP:-0} == 1 ]]; then
-        log "keeping $S"
-    else
-        log "removing $S"
-        rm -rf "$S"
-    fi
-    exit "$rc"
-}
-trap cleanup EXIT
-
 # --- Images -----------------------------------------------------------------------
 
-src_image=${BENCH_IMAGE:-$(podman images --format '{{.Repository}}:{{.Tag}} {{.CreatedAt}}' |
-    awk '$1 ~ /^localhost\/bootc-bench:.*-v1$/ { print }' | sort -k2 -r | head -n1 | cut -d' ' -f1)}
-[[ -n $src_image ]] || die "no localhost/bootc-bench:*-v1 image: run bench/pull.sh --build-only first"
-podman image exists "$src_image" || die "$src_image not found"
-src_id=$(podman image inspect --format '{{.Id}}' "$src_image" | cut -c1-12)
-v1=localhost/bootc-bench-inst:$src_id-v1
-mkdir -p "$S/ctx"
-
-if ! podman image exists "$v1"; then
-    log "deriving $v1 from $src_image"
-    cat >"$S/ctx/Containerfile.v1" <<EOF
-FROM $src_image
-# bootc takes the kernel and initramfs from /usr/lib/modules/<kver>/.
-RUN set -eu; \\
-    kver=\$(ls /usr/lib/modules); \\
-    test "\$(echo "\$kver" | wc -l)" -eq 1; \\
-    mv "/boot/vmlinuz-\$kver" "/usr/lib/modules/\$kver/vmlinuz"; \\
-    mv "/boot/initrd.img-\$kver" "/usr/lib/modules/\$kver/initramfs.img"; \\
-    rm -f /boot/System.map-* /boot/config-*
-EOF
-    podman build --isolation=chroot -q -f "$S/ctx/Containerfile.v1" -t "$v1" "$S/ctx" >/dev/null
-fi
+bench_inst_image
+v1=$inst_image
 
 # How many files v2 and v3 change: 5% of v1's regular files, spread over the
 # sorted list of /usr/share's regular files.
-rootfs=$(podman image mount "$v1")
-image_mounted=$v1
-v1_files=$(find "$rootfs" -xdev -type f | wc -l)
-share_files=$(find "$rootfs/usr/share" -xdev -type f | wc -l)
-podman image unmount "$v1" >/dev/null
-image_mounted=
+bench_image_mount "$v1"
+v1_files=$(find "$image_root" -xdev -type f | wc -l)
+share_files=$(find "$image_root/usr/share" -xdev -type f | wc -l)
+bench_image_unmount "$v1"
 nchange=$((v1_files / 20))
 step=$((share_files / nchange))
 ((step >= 2)) || die "/usr/share has too few files ($share_files) for two disjoint sets of $nchange"
@@ -166,21 +92,7 @@ for v in 2 3; do
     fi
 done
 
-# --- bootc binary (copied: others may rebuild target/ during the run) -------------
-
-if [[ -n ${BOOTC_BIN:-} ]]; then
-    bootc_src=$BOOTC_BIN
-else
-    (cd "$workspace" && cargo build --release -p bootc)
-    bootc_src=${CARGO_TARGET_DIR:-$workspace/target}/release/bootc
-fi
-[[ -x $bootc_src ]] || die "bootc binary not found: $bootc_src"
-BOOTC=$S/bootc
-cp "$bootc_src" "$BOOTC"
-bootc_rev=$(git -C "$workspace" rev-parse --short HEAD 2>/dev/null || echo unknown)
-if [[ -z ${BOOTC_BIN:-} ]] && ! git -C "$workspace" diff --quiet HEAD -- crates Cargo.toml Cargo.lock 2>/dev/null; then
-    bootc_rev+=" + uncommitted changes"
-fi
+bench_bootc
 
 # --- Install v1, mount the root partition -------------------------------------------
 
@@ -188,8 +100,7 @@ truncate -s "$size" "$disk"
 log "installing $v1"
 "$BOOTC" install to-disk --via-loopback --bootloader grub \
     --source-imgref "containers-storage:$v1" "$disk" >"$S/res/install.out"
-loopdev=$(losetup -f --show "$disk")
-partx -a "$loopdev"
+loopdev=$(bench_loop_attach "$disk")
 mount "${loopdev}p3" "$MNT"
 
 deployments() { find "$MNT/state/deploy" -mindepth 1 -maxdepth 1 -type d ! -name '.*' -printf '%f\n'; }
@@ -211,19 +122,6 @@ usage one
 d1=$(deployments)
 "$BOOTC" pin --sysroot "$MNT" "$d1" >/dev/null
 
-# timed NAME CMD...: wall seconds to $S/res/NAME.wall.
-timed() {
-    local name=$1
-    shift
-    sync
-    local t0=$EPOCHREALTIME
-    "$@" >"$S/res/$name.out" 2>"$S/res/$name.err" || {
-        cat "$S/res/$name.err" >&2
-        die "$name failed: $*"
-    }
-    awk -v a="$t0" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.2f\n", b - a }' >"$S/res/$name.wall"
-    log "$name: $(cat "$S/res/$name.wall") s"
-}
 for v in 2 3; do
     timed "switch-v$v" "$BOOTC" switch --quiet --sysroot "$MNT" "containers-storage:${img[$v]}"
 done
@@ -298,34 +196,31 @@ stat_ms() {
 # --- Facts (untimed) ---------------------------------------------------------------
 
 mb() { awk -v k="$(cat "$S/res/$1")" 'BEGIN { printf "%.0f", k / 1024 }'; }
-ratio() { awk -v a="$(cat "$S/res/$1")" -v b="$(cat "$S/res/$2")" 'BEGIN { printf "%.3f", a / b }'; }
+# ratio_of FILE1 FILE2: the ratio of two figures of $S/res, 3 decimals.
+ratio_of() { ratio "$(cat "$S/res/$1")" "$(cat "$S/res/$2")" 3; }
 # Bytes of the files v2 changed (their v1 sizes), for scale.
-rootfs=$(podman image mount "$v1")
-image_mounted=$v1
-changed_mb=$(cd "$rootfs" && find usr/share -xdev -type f | LC_ALL=C sort |
+bench_image_mount "$v1"
+changed_mb=$(cd "$image_root" && find usr/share -xdev -type f | LC_ALL=C sort |
     awk -v s="$step" -v o=0 'NR % s == o' | head -n "$nchange" |
     tr '\n' '\0' | du -ck --files0-from=- 2>/dev/null | tail -n1 | cut -f1 |
     awk '{ printf "%.1f", $1 / 1024 }')
-v1_mb=$(du -sxm "$rootfs" | cut -f1)
-podman image unmount "$v1" >/dev/null
-image_mounted=
+v1_mb=$(du -sxm "$image_root" | cut -f1)
+bench_image_unmount "$v1"
 
 umount "$MNT"
-partx -d "$loopdev"
-losetup -d "$loopdev"
-loopdev=
+bench_loop_detach "$loopdev"
 
 # --- Report ------------------------------------------------------------------------
 
 cat <<EOF
 
 bootc lifecycle benchmark (bench/lifecycle.sh), bootc $bootc_rev, $(date -u +'%Y-%m-%d %H:%M UTC')
-machine: $(nproc) cores, $(awk '/MemTotal/ { printf "%.0f GB", $2 / 1048576 }' /proc/meminfo) RAM, kernel $(uname -r)
+$(bench_machine)
 images: v1 $v1 ($v1_mb MB, $v1_files files)
         v2, v3 ${img[2]%-v2}-v{2,3}: each appends a line to its own $nchange files
         under /usr/share (5% of v1's files; ~$changed_mb MB of v1 content)
 disk: sparse $size file, installed with --bootloader grub; v1 pinned, then
-      switch --sysroot to v2 ($(cat "$S/res/switch-v2.wall") s) and to v3 ($(cat "$S/res/switch-v3.wall") s)
+      switch --sysroot to v2 ($(wall switch-v2) s) and to v3 ($(wall switch-v3) s)
 deployments left: $ndeploy ($roles)
 
 status --format json --sysroot, $status_tool, load $load_status:
@@ -333,18 +228,16 @@ status --format json --sysroot, $status_tool, load $load_status:
   one run: $(cat "$S/res/status.time")
 
 disk used (MB)              one deployment   three deployments   ratio
-root fs content (du -sx)    $(printf '%14s' "$(mb one.du)")   $(printf '%17s' "$(mb three.du)")   $(ratio three.du one.du)
+root fs content (du -sx)    $(printf '%14s' "$(mb one.du)")   $(printf '%17s' "$(mb three.du)")   $(ratio_of three.du one.du)
   store (composefs/)        $(printf '%14s' "$(mb one.du-composefs)")   $(printf '%17s' "$(mb three.du-composefs)")
   boot/ (kernels, grub)     $(printf '%14s' "$(mb one.du-boot)")   $(printf '%17s' "$(mb three.du-boot)")
   state/ (/etc, /var, ...)  $(printf '%14s' "$(mb one.du-state)")   $(printf '%17s' "$(mb three.du-state)")
-root fs used (df)           $(printf '%14s' "$(mb one.df)")   $(printf '%17s' "$(mb three.df)")   $(ratio three.df one.df)
+root fs used (df)           $(printf '%14s' "$(mb one.df)")   $(printf '%17s' "$(mb three.df)")   $(ratio_of three.df one.df)
 kernel+initramfs copies in boot/bootc/: $kernel_dirs, $kernel_unique distinct ($((kernel_dir_kb / 1024)) MB each);
-  without the $((kernel_dirs - kernel_unique)) duplicate(s) the three deployments would take $(mb three-dedup.du) MB, ratio $(ratio three-dedup.du one.du)
+  without the $((kernel_dirs - kernel_unique)) duplicate(s) the three deployments would take $(mb three-dedup.du) MB, ratio $(ratio_of three-dedup.du one.du)
 
 ratio / figure                      value    target
 status --format json, median        $(printf '%5s' "$(stat_ms median)") ms  <= 20 ms
-disk, three / one deployment (du)   $(printf '%5s' "$(ratio three.du one.du)")     <= 1.1
+disk, three / one deployment (du)   $(printf '%5s' "$(ratio_of three.du one.du)")     <= 1.1
 EOF
-if [[ ${BENCH_KEEP:-0} == 1 ]]; then
-    echo "raw results: $S/res"
-fi
+bench_finish

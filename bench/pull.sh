@@ -27,65 +27,21 @@
 # fresh directory, and `sync` (untimed) runs before each one.
 set -euo pipefail
 
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 build_only=0
 case ${1:-} in
 "") ;;
 --build-only) build_only=1 ;;
-*) echo "usage: $0 [--build-only]" >&2 && exit 2 ;;
+*) bench_usage "[--build-only]" ;;
 esac
 
 readonly SCRIPT_VERSION=1
 readonly SUITE=bookworm
 readonly REPO=bootc-bench
 
-die() {
-    echo "pull.sh: $*" >&2
-    exit 1
-}
-log() {
-    printf '[%s] %s\n' "$(date +%T)" "$*" >&2
-}
-
-[[ $(id -u) == 0 ]] || die "run as root (podman storage, mounts)"
-for tool in podman skopeo docker-registry mmdebstrap jq gzip python3 /usr/bin/time; do
-    command -v "$tool" >/dev/null || die "$tool is missing (apt-get install it)"
-done
-
-bench_dir=${BENCH_DIR:-/var/tmp/bootc-bench}
-bench_dir=${bench_dir%/}
-if [[ -e $bench_dir ]] && [[ -n $(ls -A "$bench_dir") ]]; then
-    die "$bench_dir is not empty: remove it first (and give ext4 discard a minute)"
-fi
-created_dir=0
-[[ -e $bench_dir ]] || created_dir=1
-mkdir -p "$bench_dir"
-S=$(cd "$bench_dir" && pwd)
-[[ $S != / ]] || die "BENCH_DIR must not be /"
-mkdir -p "$S/res"
-
-bench_src=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-workspace=$(cd "$bench_src/.." && pwd)
-
-reg_pid=
-cleanup() {
-    local rc=$?
-    if [[ -n $reg_pid ]]; then
-        kill "$reg_pid" 2>/dev/null || true
-        wait "$reg_pid" 2>/dev/null || true
-    fi
-    if [[ ${BENCH_KEEP:-0} == 1 ]]; then
-        log "keeping $S"
-    else
-        log "removing $S (takes a while: ext4 discard)"
-        if [[ $created_dir == 1 ]]; then
-            rm -rf "$S"
-        else
-            find "$S" -mindepth 1 -maxdepth 1 -exec rm -rf {} +
-        fi
-    fi
-    exit "$rc"
-}
-trap cleanup EXIT
+bench_init pull.sh "podman storage, mounts" \
+    podman skopeo docker-registry mmdebstrap jq gzip python3 /usr/bin/time
+bench_scratch /var/tmp/bootc-bench
 
 # --- Image (cached in podman storage) ----------------------------------------
 
@@ -171,108 +127,27 @@ if [[ $build_only == 1 ]]; then
     exit 0
 fi
 
-# --- bootc binary (copied: others may rebuild target/ during the run) --------
-
-if [[ -n ${BOOTC_BIN:-} ]]; then
-    bootc_src=$BOOTC_BIN
-else
-    (cd "$workspace" && cargo build --release -p bootc)
-    bootc_src=${CARGO_TARGET_DIR:-$workspace/target}/release/bootc
-fi
-[[ -x $bootc_src ]] || die "bootc binary not found: $bootc_src"
-BOOTC=$S/bootc
-cp "$bootc_src" "$BOOTC"
-if [[ -n ${BOOTC_BIN:-} ]]; then
-    bootc_rev="$BOOTC_BIN, sha256 $(sha256sum "$BOOTC" | cut -c1-12)"
-else
-    bootc_rev="built from $(git -C "$workspace" describe --always --dirty 2>/dev/null || echo unknown)"
-fi
+bench_bootc
 
 # --- Registry ------------------------------------------------------------------
 
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-REG=127.0.0.1:$port
-mkdir -p "$S/registry"
-cat >"$S/registry/config.yml" <<EOF
-version: 0.1
-log:
-  level: info
-  accesslog:
-    disabled: false
-storage:
-  filesystem:
-    rootdirectory: $S/registry/data
-  delete:
-    enabled: true
-http:
-  addr: $REG
-EOF
-# The access log goes to stdout, everything else to stderr.
-docker-registry serve "$S/registry/config.yml" \
-    >"$S/registry/access.log" 2>"$S/registry/registry.log" </dev/null &
-reg_pid=$!
-for _ in $(seq 200); do
-    (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break
-    sleep 0.1
-done
-(exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null || die "registry did not start on $REG"
-cat >"$S/registries.conf" <<EOF
-[[registry]]
-location = "$REG"
-insecure = true
-EOF
-export CONTAINERS_REGISTRIES_CONF=$S/registries.conf
+bench_registry_start
 ref=$REG/$REPO:latest
 
 log "pushing $app_image-v1 to $ref"
 podman push -q --tls-verify=false "$app_image-v1" "docker://$ref"
 manifest1=$(skopeo inspect --raw --tls-verify=false "docker://$ref")
 
-# --- Timing helpers --------------------------------------------------------------
+# --- Timing helpers (timed, wall, cpu_s, ... in lib.sh) -------------------------
 
-# timed NAME CMD...: sync (untimed), then run CMD under /usr/bin/time -v with
-# stdout/stderr in $S/res/NAME.{out,err}; records wall seconds, load average
-# and the registry access log position.
-timed() {
-    local name=$1
-    shift
-    sync
-    cut -d' ' -f1-3 /proc/loadavg >"$S/res/$name.load0"
-    wc -l <"$S/registry/access.log" >"$S/res/$name.log0"
-    local t0=$EPOCHREALTIME
-    /usr/bin/time -v -o "$S/res/$name.time" "$@" >"$S/res/$name.out" 2>"$S/res/$name.err" || {
-        cat "$S/res/$name.err" >&2
-        die "$name failed: $*"
-    }
-    local t1=$EPOCHREALTIME
-    sleep 0.5 # let the registry flush its access log
-    wc -l <"$S/registry/access.log" >"$S/res/$name.log1"
-    cut -d' ' -f1-3 /proc/loadavg >"$S/res/$name.load1"
-    awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.2f\n", b - a }' >"$S/res/$name.wall"
-    log "$name: $(cat "$S/res/$name.wall") s (load before: $(cat "$S/res/$name.load0"))"
-}
-wall() { cat "$S/res/$1.wall"; }
-# A field of /usr/bin/time -v's report.
-tfield() { sed -n "s/^[[:space:]]*$2: //p" "$S/res/$1.time"; }
-maxrss_mb() { awk '{ printf "%.0f", $1 / 1024 }' <<<"$(tfield "$1" 'Maximum resident set size (kbytes)')"; }
-cpu_s() {
-    awk -v u="$(tfield "$1" 'User time (seconds)')" -v s="$(tfield "$1" 'System time (seconds)')" \
-        'BEGIN { printf "%.1f user + %.1f sys", u, s }'
-}
 # Blob digests fetched (GET answered 200) from our repository during run NAME.
 blob_gets() {
     local from to
     from=$(cat "$S/res/$1.log0")
     to=$(cat "$S/res/$1.log1")
-    sed -n "$((from + 1)),${to}p" "$S/registry/access.log" |
+    sed -n "$((from + 1)),${to}p" "$REG_ACCESS_LOG" |
         grep -o "\"GET /v2/$REPO/blobs/sha256:[0-9a-f]* HTTP/[0-9.]*\" 200" |
         sed -E 's/.*blobs\/(sha256:[0-9a-f]+) .*/\1/' | sort || true
-}
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
-# User + system CPU seconds of run NAME (children included).
-cpu_total() {
-    awk -v u="$(tfield "$1" 'User time (seconds)')" -v s="$(tfield "$1" 'System time (seconds)')" \
-        'BEGIN { printf "%.2f", u + s }'
 }
 # bootc image pull under `timed`, with the peak RSS of the bootc process
 # itself sampled from /proc (time -v reports the largest of bootc and skopeo).
@@ -386,14 +261,14 @@ image: $app_image-v1 -> $ref
 update: $app_image-v2, one layer changed ($(mb "$changed_layer_bytes") MB compressed; $app_changed of its $app_files files new)
 
 run                       wall s   cpu s                  max RSS MB   load before
-skopeo copy -> oci:       $(printf '%7s' "$(wall skopeo)")   $(printf '%-22s' "$(cpu_s skopeo)") $(printf '%6s' "$(maxrss_mb skopeo)")       $(cat "$S/res/skopeo.load0")
-podman pull               $(printf '%7s' "$(wall podman)")   $(printf '%-22s' "$(cpu_s podman)") $(printf '%6s' "$(maxrss_mb podman)")       $(cat "$S/res/podman.load0")
-gunzip floor (2 at once)  $(printf '%7s' "$(wall gunzip)")   $(printf '%-22s' "$(cpu_s gunzip)") $(printf '%6s' "$(maxrss_mb gunzip)")       $(cat "$S/res/gunzip.load0")
-zlib inflate (2 at once)  $(printf '%7s' "$(wall zlib)")   $(printf '%-22s' "$(cpu_s zlib)") $(printf '%6s' "$(maxrss_mb zlib)")       $(cat "$S/res/zlib.load0")
-bootc pull (registry)     $(printf '%7s' "$(wall bootc-registry)")   $(printf '%-22s' "$(cpu_s bootc-registry)") $(printf '%6s' "$(maxrss_mb bootc-registry)")       $(cat "$S/res/bootc-registry.load0")
-bootc pull (oci: layout)  $(printf '%7s' "$(wall bootc-oci)")   $(printf '%-22s' "$(cpu_s bootc-oci)") $(printf '%6s' "$(maxrss_mb bootc-oci)")       $(cat "$S/res/bootc-oci.load0")
-bootc update (registry)   $(printf '%7s' "$(wall bootc-update)")   $(printf '%-22s' "$(cpu_s bootc-update)") $(printf '%6s' "$(maxrss_mb bootc-update)")       $(cat "$S/res/bootc-update.load0")
-podman update             $(printf '%7s' "$(wall podman-update)")   $(printf '%-22s' "$(cpu_s podman-update)") $(printf '%6s' "$(maxrss_mb podman-update)")       $(cat "$S/res/podman-update.load0")
+skopeo copy -> oci:       $(printf '%7s' "$(wall skopeo)")   $(printf '%-22s' "$(cpu_s skopeo)") $(printf '%6s' "$(maxrss_mb skopeo)")       $(load_before skopeo)
+podman pull               $(printf '%7s' "$(wall podman)")   $(printf '%-22s' "$(cpu_s podman)") $(printf '%6s' "$(maxrss_mb podman)")       $(load_before podman)
+gunzip floor (2 at once)  $(printf '%7s' "$(wall gunzip)")   $(printf '%-22s' "$(cpu_s gunzip)") $(printf '%6s' "$(maxrss_mb gunzip)")       $(load_before gunzip)
+zlib inflate (2 at once)  $(printf '%7s' "$(wall zlib)")   $(printf '%-22s' "$(cpu_s zlib)") $(printf '%6s' "$(maxrss_mb zlib)")       $(load_before zlib)
+bootc pull (registry)     $(printf '%7s' "$(wall bootc-registry)")   $(printf '%-22s' "$(cpu_s bootc-registry)") $(printf '%6s' "$(maxrss_mb bootc-registry)")       $(load_before bootc-registry)
+bootc pull (oci: layout)  $(printf '%7s' "$(wall bootc-oci)")   $(printf '%-22s' "$(cpu_s bootc-oci)") $(printf '%6s' "$(maxrss_mb bootc-oci)")       $(load_before bootc-oci)
+bootc update (registry)   $(printf '%7s' "$(wall bootc-update)")   $(printf '%-22s' "$(cpu_s bootc-update)") $(printf '%6s' "$(maxrss_mb bootc-update)")       $(load_before bootc-update)
+podman update             $(printf '%7s' "$(wall podman-update)")   $(printf '%-22s' "$(cpu_s podman-update)") $(printf '%6s' "$(maxrss_mb podman-update)")       $(load_before podman-update)
 (cpu s include children, e.g. bootc's skopeo proxy; max RSS is the largest single process)
 
 gunzip floor: $gunzip_rate MB/s of compressed input over 2 workers (the largest layer bounds it)
@@ -419,6 +294,4 @@ bootc / gunzip floor, CPU               $(printf '%5s' "$(ratio "$(cpu_total boo
 bootc update / podman update, CPU       $(printf '%5s' "$(ratio "$(cpu_total bootc-update)" "$(cpu_total podman-update)")")
 EOF
 
-if [[ ${BENCH_KEEP:-0} == 1 ]]; then
-    echo "raw results: $S/res"
-fi
+bench_finish
