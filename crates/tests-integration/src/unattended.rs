@@ -40,7 +40,7 @@ use anyhow::{Context, Result, ensure};
 use bootc_tests_integration::vm::{self, Firmware};
 
 use crate::guest::{
-    self, Guest, Step, expect_booted, expect_entry, expect_karg, report, skip_without_qemu,
+    self, Guest, Step, check, expect_booted, expect_entry, expect_karg, skip_without_qemu,
 };
 use crate::{Ctx, TestFn};
 
@@ -128,8 +128,7 @@ impl Host {
         let (r, s) = self.guest.boot_step(
             "1: v2, download-only",
             &format!(
-                r#"J before bootc status --format json
-mkdir -p /etc/bootc && printf '[boot]\ntries = 1\n' > /etc/bootc/boot.toml
+                r#"mkdir -p /etc/bootc && printf '[boot]\ntries = 1\n' > /etc/bootc/boot.toml
 V ro_before sh -c 'touch /usr/.x 2>&1 && echo writable'
 R overlay bootc usr-overlay
 R overlay_again bootc usr-overlay
@@ -143,62 +142,63 @@ R human bootc status --format humanreadable --verbose
 "#
             ),
         )?;
-        let bad_id = (|| -> Result<String> {
-            let before = s.json("before")?;
-            expect_booted(&before, "containers-storage", Some(V2), &v2)?;
-            ensure!(
-                before["status"]["booted"]["bootAssessment"].is_null(),
-                "the installed deployment is on trial: {}",
-                before["status"]["booted"]
-            );
-            ensure!(
-                s.val("ro_before")
-                    .is_some_and(|v| v.contains("Read-only file system")),
-                "/usr was writable before usr-overlay: {:?}",
-                s.val("ro_before")
-            );
-            s.expect_rc("overlay", 0)?;
-            ensure!(
-                s.rc_of("overlay_again").is_some_and(|rc| rc != 0),
-                "a second usr-overlay did not fail"
-            );
-            s.expect_val("usrfs", "overlay")?;
-            s.expect_val("written", "hello")?;
-            let o = s.json("overlaid")?;
-            ensure!(
-                o["status"]["usrOverlay"]["accessMode"] == "readWrite"
-                    && o["status"]["usrOverlay"]["persistence"] == "transient",
-                "status.usrOverlay after usr-overlay: {}",
-                o["status"]["usrOverlay"]
-            );
-            s.expect_rc("tuned", 0)?;
-            s.expect_rc("download", 0)?;
-            let st = s.json("staged")?;
-            expect_entry(&st, "staged", "oci", unhealthy_ref, &unhealthy)?;
-            ensure!(
-                st["status"]["staged"]["downloadOnly"] == true,
-                "status.staged.downloadOnly after --download-only: {}",
-                st["status"]["staged"]
-            );
-            s.expect_rc("human", 0)?;
-            ensure!(
-                s.text.contains("Download-only"),
-                "`status --verbose` does not say Download-only"
-            );
-            st["status"]["staged"]["composefs"]["verity"]
-                .as_str()
-                .map(str::to_owned)
-                .context("no deployment id of the staged deployment")
-        })()
-        .with_context(|| report(&r, Some(&s)))
-        .context("step 1 (download-only)")?;
+        let bad_id = check(
+            &r,
+            Some(&s),
+            "step 1 (download-only)",
+            || -> Result<String> {
+                let before = s.json("status")?;
+                expect_booted(&before, "containers-storage", Some(V2), &v2)?;
+                ensure!(
+                    before["status"]["booted"]["bootAssessment"].is_null(),
+                    "the installed deployment is on trial: {}",
+                    before["status"]["booted"]
+                );
+                ensure!(
+                    s.val("ro_before")
+                        .is_some_and(|v| v.contains("Read-only file system")),
+                    "/usr was writable before usr-overlay: {:?}",
+                    s.val("ro_before")
+                );
+                s.expect_rc("overlay", 0)?;
+                ensure!(
+                    s.rc_of("overlay_again").is_some_and(|rc| rc != 0),
+                    "a second usr-overlay did not fail"
+                );
+                s.expect_val("usrfs", "overlay")?;
+                s.expect_val("written", "hello")?;
+                let o = s.json("overlaid")?;
+                ensure!(
+                    o["status"]["usrOverlay"]["accessMode"] == "readWrite"
+                        && o["status"]["usrOverlay"]["persistence"] == "transient",
+                    "status.usrOverlay after usr-overlay: {}",
+                    o["status"]["usrOverlay"]
+                );
+                s.expect_rc("tuned", 0)?;
+                s.expect_rc("download", 0)?;
+                let st = s.json("staged")?;
+                expect_entry(&st, "staged", "oci", unhealthy_ref, &unhealthy)?;
+                ensure!(
+                    st["status"]["staged"]["downloadOnly"] == true,
+                    "status.staged.downloadOnly after --download-only: {}",
+                    st["status"]["staged"]
+                );
+                s.expect_rc("human", 0)?;
+                ensure!(
+                    s.text.contains("Download-only"),
+                    "`status --verbose` does not say Download-only"
+                );
+                st["status"]["staged"]["composefs"]["verity"]
+                    .as_str()
+                    .map(str::to_owned)
+                    .context("no deployment id of the staged deployment")
+            },
+        )?;
 
         // 2. Still v2 after a shutdown; apply later, with a reboot.
         let r = self.guest.boot_to_exit(
             "2: v2 still booted; apply the download",
-            r#"J status bootc status --format json
-V overlayfile sh -c 'test -e /usr/bootc-overlay-test && echo present || echo absent'
-V cmdline cat /proc/cmdline
+            r#"V overlayfile sh -c 'test -e /usr/bootc-overlay-test && echo present || echo absent'
 echo BOOTC-APPLYING
 bootc upgrade --from-downloaded --apply
 echo "BOOTC-APPLY-RETURNED rc=$?"
@@ -206,7 +206,7 @@ sleep 600
 "#,
         )?;
         let s = Step::parse_partial(&r);
-        (|| -> Result<()> {
+        check(&r, Some(&s), "step 2 (apply later)", || {
             let st = s.json("status")?;
             expect_booted(&st, "containers-storage", Some(V2), &v2)?;
             expect_entry(&st, "staged", "oci", unhealthy_ref, &unhealthy)?;
@@ -227,15 +227,13 @@ sleep 600
                 "the guest powered off instead of rebooting from --apply"
             );
             Ok(())
-        })()
-        .with_context(|| report(&r, Some(&s)))
-        .context("step 2 (apply later)")?;
+        })?;
 
         // 3. The unhealthy deployment boots on trial and fails.
         let r = self
             .guest
             .boot_to_exit("3: unhealthy on trial", "echo step of the trial boot\n")?;
-        (|| -> Result<()> {
+        check(&r, None, "step 3 (the failed trial boot)", || {
             let log = vm::tail_lines(&r.log, usize::MAX);
             ensure!(
                 log.contains(&format!("composefs={bad_id}")),
@@ -255,16 +253,13 @@ sleep 600
                 "the failed trial boot powered off instead of rebooting"
             );
             Ok(())
-        })()
-        .with_context(|| report(&r, None))
-        .context("step 3 (the failed trial boot)")?;
+        })?;
 
         // 4. Back on v2 by itself; status says why; switch to v4 with --apply.
         let r = self.guest.boot_to_exit(
             "4: fell back to v2; switch to v4",
             &format!(
-                r#"J status bootc status --format json
-R human bootc status --format humanreadable
+                r#"R human bootc status --format humanreadable
 echo BOOTC-APPLYING
 bootc switch --transport oci --apply {v4_ref}
 echo "BOOTC-APPLY-RETURNED rc=$?"
@@ -273,7 +268,7 @@ sleep 600
             ),
         )?;
         let s = Step::parse_partial(&r);
-        (|| -> Result<()> {
+        check(&r, Some(&s), "step 4 (automatic fallback)", || {
             let log = vm::tail_lines(&r.log, usize::MAX);
             ensure!(
                 log.contains(&format!("deployment {bad_id} failed its 1 boot tries")),
@@ -295,24 +290,19 @@ sleep 600
                 "human status does not show why the deployment failed"
             );
             Ok(())
-        })()
-        .with_context(|| report(&r, Some(&s)))
-        .context("step 4 (automatic fallback)")?;
+        })?;
 
         // 5. v4 boots on trial and is blessed.
         let (r, s) = self.guest.boot_step(
             "5: v4 blessed",
-            r#"J status bootc status --format json
-V variant cat /usr/share/bootc-example/variant
-V grubenv sh -c 'grep -a "^bootc_" /sysroot/boot/grub/grubenv 2>/dev/null || echo none'
+            r#"V grubenv sh -c 'grep -a "^bootc_" /sysroot/boot/grub/grubenv 2>/dev/null || echo none'
 V counted sh -c 'test -e /dev/disk/by-label/EFI-SYSTEM || { echo none; exit 0; }; MTOOLS_SKIP_CHECK=1 mdir -b -i /dev/disk/by-label/EFI-SYSTEM ::/loader/entries 2>/dev/null | grep "+" || echo none'
-V cmdline cat /proc/cmdline
 R overlay_ro bootc usr-overlay --read-only
 V ro_write sh -c 'touch /usr/.y 2>&1 && echo writable'
 J overlaid bootc status --format json
 "#,
         )?;
-        (|| -> Result<()> {
+        check(&r, Some(&s), "step 5 (v4 blessed)", || {
             let log = vm::tail_lines(&r.log, usize::MAX);
             ensure!(
                 log.contains("BOOTC-HEALTH-OK"),
@@ -344,21 +334,15 @@ J overlaid bootc status --format json
                 o["status"]["usrOverlay"]
             );
             Ok(())
-        })()
-        .with_context(|| report(&r, Some(&s)))
-        .context("step 5 (v4 blessed)")?;
+        })?;
 
         // 6. v4 stays.
-        let (r, s) = self
-            .guest
-            .boot_step("6: v4 stays", "J status bootc status --format json\n")?;
-        (|| -> Result<()> {
+        let (r, s) = self.guest.boot_step("6: v4 stays", "")?;
+        check(&r, Some(&s), "step 6 (v4 stays)", || {
             let st = s.json("status")?;
             expect_booted(&st, "oci", Some(v4_ref), &v4)?;
             Ok(())
-        })()
-        .with_context(|| report(&r, Some(&s)))
-        .context("step 6 (v4 stays)")?;
+        })?;
         Ok(())
     }
 }

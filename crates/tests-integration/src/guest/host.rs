@@ -12,7 +12,16 @@ use bootc_tests_integration::vm::{self, Firmware, Run, RunEnd, Vm};
 use super::step::{Step, make_test_disk, write_step};
 use super::{BOOT_TIMEOUT, DiskFile, SHUTDOWN_GRACE, bootloader, install_to_disk};
 
-/// An installed disk with its BOOTCTEST disk ([`super::make_test_disk`]).
+/// What every step of a [`Guest`] runs first: the status document
+/// (`J status`), the example image's variant and the kernel command line
+/// (`V variant`, `V cmdline`).
+const STEP_HEAD: &str = "J status bootc status --format json
+V variant cat /usr/share/bootc-example/variant
+V cmdline cat /proc/cmdline
+";
+
+/// An installed disk with its BOOTCTEST disk ([`super::make_test_disk`]),
+/// booted once per step; each step runs after [`STEP_HEAD`].
 pub(crate) struct Guest {
     /// The installed disk (the one the firmware boots); its directory
     /// holds the BOOTCTEST disk and whatever else the scenario keeps.
@@ -56,7 +65,7 @@ impl Guest {
     }
 
     fn start(&mut self, step: &str) -> Result<Vm> {
-        write_step(&self.testdisk, step)?;
+        write_step(&self.testdisk, &format!("{STEP_HEAD}{step}"))?;
         self.boots += 1;
         Vm::builder()
             .firmware(self.firmware)
@@ -202,6 +211,19 @@ pub(crate) fn report(r: &Run, s: Option<&Step>) -> String {
         r.tail(60),
         r.qemu_stderr.trim()
     )
+}
+
+/// Run `check` on what a boot printed; a failure carries the boot's
+/// [`report`] and then `what` (the step it checked).
+pub(crate) fn check<T>(
+    r: &Run,
+    s: Option<&Step>,
+    what: &str,
+    check: impl FnOnce() -> Result<T>,
+) -> Result<T> {
+    check()
+        .with_context(|| report(r, s))
+        .with_context(|| what.to_owned())
 }
 
 /// `e` followed by the failure report of `r`.

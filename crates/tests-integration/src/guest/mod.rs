@@ -33,7 +33,7 @@ use std::time::Duration;
 use bootc_tests_integration::vm::Firmware;
 
 pub(crate) use disk::{DiskFile, LoopDev, Mounted, offline_status, read_deployment, with_root_fs};
-pub(crate) use host::{Guest, diagnose, report, with_report};
+pub(crate) use host::{Guest, check, diagnose, report, with_report};
 pub(crate) use image::{derive_image, oci_digest, podman_digest, require_image};
 pub(crate) use install::{install_to_disk, install_to_filesystem};
 pub(crate) use step::{Step, expect_booted, expect_entry, expect_karg};

@@ -9,7 +9,7 @@ use bootc_tests_integration::vm;
 
 use super::{KILL_DELAY, Lifecycle, V3_BULK_FILE_MIB, V3_BULK_MIB, v1};
 use crate::Ctx;
-use crate::guest::{self, Step, expect_booted, expect_entry, expect_karg, report};
+use crate::guest::{self, Step, check, expect_booted, expect_entry, expect_karg, report};
 
 impl Lifecycle {
     /// Steps 4-6: offline switch from the registry; kill while staging; a
@@ -45,10 +45,7 @@ impl Lifecycle {
         // own BOOTC-STEP-END before.
         let r = self.guest.boot_until(
             "4+5: v2 from the registry; killed while staging",
-            r#"J status bootc status --format json
-V variant cat /usr/share/bootc-example/variant
-V cmdline cat /proc/cmdline
-V conf cat /etc/bootc-example.conf
+            r#"V conf cat /etc/bootc-example.conf
 V mydata cat /var/lib/mydata/data
 echo BOOTC-STEP-END
 bootc switch --transport oci /run/bootctest/v3:v3 &
@@ -60,39 +57,40 @@ echo BOOTC-STAGING-DONE
             KILL_DELAY,
         )?;
         let s = Step::parse(&r).with_context(|| report(&r, None))?;
-        (|| -> Result<()> {
-            let st = s.json("status")?;
-            expect_booted(&st, "registry", Some(&reg), &v2_registry)?;
-            expect_entry(&st, "rollback", "containers-storage", v1(), &v1_storage)?;
-            s.expect_val("variant", "v2")?;
-            expect_karg(&s, "bootc.example=v2", true)?;
-            s.expect_val("conf", conf)?;
-            if full {
-                s.expect_val("mydata", "precious")?;
-            }
-            ensure!(r.matched(), "no BOOTC-STAGING marker");
-            ensure!(
-                !vm::tail_lines(&r.log, usize::MAX).contains("BOOTC-STAGING-DONE"),
-                "staging finished within {KILL_DELAY:?}: the kill did not land in the middle of it"
-            );
-            ensure!(
-                !r.exited_cleanly(),
-                "qemu exited by itself instead of being killed ({:?})",
-                r.end
-            );
-            Ok(())
-        })()
-        .with_context(|| report(&r, Some(&s)))
-        .context("step 4 (v2 booted after the offline switch)")?;
+        check(
+            &r,
+            Some(&s),
+            "step 4 (v2 booted after the offline switch)",
+            || {
+                let st = s.json("status")?;
+                expect_booted(&st, "registry", Some(&reg), &v2_registry)?;
+                expect_entry(&st, "rollback", "containers-storage", v1(), &v1_storage)?;
+                s.expect_val("variant", "v2")?;
+                expect_karg(&s, "bootc.example=v2", true)?;
+                s.expect_val("conf", conf)?;
+                if full {
+                    s.expect_val("mydata", "precious")?;
+                }
+                ensure!(r.matched(), "no BOOTC-STAGING marker");
+                ensure!(
+                    !vm::tail_lines(&r.log, usize::MAX).contains("BOOTC-STAGING-DONE"),
+                    "staging finished within {KILL_DELAY:?}: the kill did not land in the middle of it"
+                );
+                ensure!(
+                    !r.exited_cleanly(),
+                    "qemu exited by itself instead of being killed ({:?})",
+                    r.end
+                );
+                Ok(())
+            },
+        )?;
 
         // 5. After the kill: the old deployment boots, staging v3 again
         // (over whatever the killed import left in the store) works.
         let start = Instant::now();
         let (r, s) = self.guest.boot_step(
             "5: after the kill, stage v3 again",
-            r#"J status bootc status --format json
-V variant cat /usr/share/bootc-example/variant
-V bulk exists /usr/share/bootc-bulk
+            r#"V bulk exists /usr/share/bootc-bulk
 V t0 date +%s
 R switch bootc switch --transport oci /run/bootctest/v3:v3
 V t1 date +%s
@@ -100,7 +98,7 @@ J staged bootc status --format json
 "#,
         )?;
         println!("boot + stage v3 again: {:.1?}", start.elapsed());
-        (|| -> Result<()> {
+        check(&r, Some(&s), "step 5 (after the kill)", || {
             let st = s.json("status")?;
             expect_booted(&st, "registry", Some(&reg), &v2_registry)?;
             ensure!(
@@ -118,18 +116,14 @@ J staged bootc status --format json
             expect_entry(&staged, "staged", "oci", "/run/bootctest/v3:v3", &v3_oci)?;
             expect_booted(&staged, "registry", Some(&reg), &v2_registry)?;
             Ok(())
-        })()
-        .with_context(|| report(&r, Some(&s)))
-        .context("step 5 (after the kill)")?;
+        })?;
 
         // 5 (end): the new staging was finalized and boots. 6 (first
         // half): stage v1, take the staged deployment's EROFS image out of
         // the store, power off: the finalization at shutdown fails.
         let (r, s) = self.guest.boot_step(
             "5+6: the re-staged v3 boots; stage v1 and break it",
-            r#"J status bootc status --format json
-V variant cat /usr/share/bootc-example/variant
-V conf cat /etc/bootc-example.conf
+            r#"V conf cat /etc/bootc-example.conf
 V bulk sh -c 'ls /usr/share/bootc-bulk | wc -l'
 V bulkread sh -c 'cat /usr/share/bootc-bulk/* | wc -c'
 V bootdirs boot_dirs
@@ -143,84 +137,91 @@ V imageafter exists "/sysroot/composefs/images/$id"
 sync
 "#,
         )?;
-        (|| -> Result<()> {
-            let st = s.json("status")?;
-            expect_booted(&st, "oci", Some("/run/bootctest/v3:v3"), &v3_oci)?;
-            expect_entry(&st, "rollback", "registry", &reg, &v2_registry)?;
-            s.expect_val("variant", "v3")?;
-            let files = V3_BULK_MIB / V3_BULK_FILE_MIB;
-            s.expect_val("bulk", &files.to_string())?;
-            s.expect_val("bulkread", &(u64::from(V3_BULK_MIB) << 20).to_string())?;
-            if full {
-                s.expect_val("conf", "variant = local edit")?;
-            }
-            let digest = st["status"]["booted"]["composefs"]["bootDigest"]
-                .as_str()
-                .unwrap_or_default()
-                .to_owned();
-            s.expect_val("bootdirs", &digest)?;
-            Ok(())
-        })()
-        .with_context(|| report(&r, Some(&s)))
-        .context("step 5 (the deployment staged after the kill boots)")?;
-        let broken = (|| -> Result<String> {
-            s.expect_rc("stage1", 0)?;
-            let st = s.json("staged1")?;
-            expect_entry(&st, "staged", "oci", "/run/bootctest/v1:v1", v1_oci)?;
-            let id = s.val("brokenid").unwrap_or_default();
-            ensure!(
-                st["status"]["staged"]["composefs"]["verity"] == id.as_str(),
-                "staged.json names {id:?}, status.staged is {}",
-                st["status"]["staged"]["composefs"]["verity"]
-            );
-            s.expect_val("imagebefore", "present")?;
-            s.expect_val("imageafter", "absent")?;
-            let log = vm::tail_lines(&r.log, usize::MAX);
-            ensure!(
-                log.contains(&format!("finalizing staged deployment {id} failed")),
-                "no finalization failure for {id} on the console at shutdown"
-            );
-            Ok(id)
-        })()
-        .with_context(|| report(&r, Some(&s)))
-        .context("step 6 (stage v1, break its image)")?;
+        check(
+            &r,
+            Some(&s),
+            "step 5 (the deployment staged after the kill boots)",
+            || {
+                let st = s.json("status")?;
+                expect_booted(&st, "oci", Some("/run/bootctest/v3:v3"), &v3_oci)?;
+                expect_entry(&st, "rollback", "registry", &reg, &v2_registry)?;
+                s.expect_val("variant", "v3")?;
+                let files = V3_BULK_MIB / V3_BULK_FILE_MIB;
+                s.expect_val("bulk", &files.to_string())?;
+                s.expect_val("bulkread", &(u64::from(V3_BULK_MIB) << 20).to_string())?;
+                if full {
+                    s.expect_val("conf", "variant = local edit")?;
+                }
+                let digest = st["status"]["booted"]["composefs"]["bootDigest"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned();
+                s.expect_val("bootdirs", &digest)?;
+                Ok(())
+            },
+        )?;
+        let broken = check(
+            &r,
+            Some(&s),
+            "step 6 (stage v1, break its image)",
+            || -> Result<String> {
+                s.expect_rc("stage1", 0)?;
+                let st = s.json("staged1")?;
+                expect_entry(&st, "staged", "oci", "/run/bootctest/v1:v1", v1_oci)?;
+                let id = s.val("brokenid").unwrap_or_default();
+                ensure!(
+                    st["status"]["staged"]["composefs"]["verity"] == id.as_str(),
+                    "staged.json names {id:?}, status.staged is {}",
+                    st["status"]["staged"]["composefs"]["verity"]
+                );
+                s.expect_val("imagebefore", "present")?;
+                s.expect_val("imageafter", "absent")?;
+                let log = vm::tail_lines(&r.log, usize::MAX);
+                ensure!(
+                    log.contains(&format!("finalizing staged deployment {id} failed")),
+                    "no finalization failure for {id} on the console at shutdown"
+                );
+                Ok(id)
+            },
+        )?;
 
         // 6. The finalization failed: v3, the old default, boots again; the
         // failure is in the previous boot's journal of the unit.
         let (r, s) = self.guest.boot_step(
             "6: after the failed finalization",
-            r#"J status bootc status --format json
-V variant cat /usr/share/bootc-example/variant
-R journal journalctl -b -1 -u bootc-finalize-staged.service --no-pager -o cat
+            r#"R journal journalctl -b -1 -u bootc-finalize-staged.service --no-pager -o cat
 "#,
         )?;
-        (|| -> Result<()> {
-            let st = s.json("status")?;
-            expect_booted(&st, "oci", Some("/run/bootctest/v3:v3"), &v3_oci)?;
-            expect_entry(&st, "rollback", "registry", &reg, &v2_registry)?;
-            ensure!(
-                st["status"]["staged"].is_null(),
-                "the staged deployment whose finalization failed is still staged: {}",
-                st["status"]["staged"]
-            );
-            s.expect_val("variant", "v3")?;
-            s.expect_rc("journal", 0)?;
-            let journal = s.out("journal");
-            for want in [
-                format!(
-                    "finalizing staged deployment {broken} failed; the previous default still boots"
-                ),
-                format!("dropped the staged deployment {broken}"),
-            ] {
+        check(
+            &r,
+            Some(&s),
+            "step 6 (after the failed finalization)",
+            || {
+                let st = s.json("status")?;
+                expect_booted(&st, "oci", Some("/run/bootctest/v3:v3"), &v3_oci)?;
+                expect_entry(&st, "rollback", "registry", &reg, &v2_registry)?;
                 ensure!(
-                    journal.contains(&want),
-                    "`journalctl -b -1 -u bootc-finalize-staged.service` lacks {want:?}:\n{journal}"
+                    st["status"]["staged"].is_null(),
+                    "the staged deployment whose finalization failed is still staged: {}",
+                    st["status"]["staged"]
                 );
-            }
-            Ok(())
-        })()
-        .with_context(|| report(&r, Some(&s)))
-        .context("step 6 (after the failed finalization)")?;
+                s.expect_val("variant", "v3")?;
+                s.expect_rc("journal", 0)?;
+                let journal = s.out("journal");
+                for want in [
+                    format!(
+                        "finalizing staged deployment {broken} failed; the previous default still boots"
+                    ),
+                    format!("dropped the staged deployment {broken}"),
+                ] {
+                    ensure!(
+                        journal.contains(&want),
+                        "`journalctl -b -1 -u bootc-finalize-staged.service` lacks {want:?}:\n{journal}"
+                    );
+                }
+                Ok(())
+            },
+        )?;
         Ok(())
     }
 
