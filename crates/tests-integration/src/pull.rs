@@ -2,11 +2,12 @@
 
 use std::collections::HashSet;
 use std::fs;
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use anyhow::{ensure, Context, Result};
-use bootc_tests_integration::{count_objects, noise, run, ImageSpec, Layer};
+use anyhow::{Context, Result, ensure};
+use bootc_tests_integration::{ImageSpec, Layer, count_objects, noise, run};
 use serde_json::Value;
 
 use crate::{Ctx, TestFn};
@@ -94,14 +95,37 @@ fn registry_ref(ctx: &Ctx, repo: &str) -> String {
     format!("docker://{}/{repo}", ctx.registry.addr)
 }
 
-fn pull_registry_twice_fetches_once(ctx: &Ctx) -> Result<()> {
-    let img = image("twice:v1", three_layers("a", 0));
+/// Build [`image`] `name` and push it to the registry as `name`; returns it
+/// and its `docker://` reference.
+fn pushed(ctx: &Ctx, name: &str, layers: Vec<Layer>) -> Result<(ImageSpec, String)> {
+    let img = image(name, layers);
     img.build()?;
-    img.push(&registry_ref(ctx, "twice:v1"))?;
+    let dest = registry_ref(ctx, name);
+    img.push(&dest)?;
+    Ok((img, dest))
+}
+
+/// `n` layers of `files` 16 KiB files each under `usr/lib/<dir><layer>/`,
+/// seeded `seed + layer * stride + file`: enough to take a while to import.
+fn bulk_layers(dir: &str, n: u64, files: u64, seed: u64, stride: u64) -> Vec<Layer> {
+    (0..n)
+        .map(|l| {
+            (0..files)
+                .map(|i| {
+                    (
+                        format!("usr/lib/{dir}{l}/f{i}"),
+                        noise(seed + l * stride + i, 16 * 1024),
+                    )
+                })
+                .collect()
+        })
+        .collect()
+}
+
+fn pull_registry_twice_fetches_once(ctx: &Ctx) -> Result<()> {
+    let (_, dest) = pushed(ctx, "twice:v1", three_layers("a", 0))?;
     let sysroot = tempfile::tempdir()?;
-    let r = ctx
-        .bootc
-        .pull(sysroot.path(), &registry_ref(ctx, "twice:v1"))?;
+    let r = ctx.bootc.pull(sysroot.path(), &dest)?;
     ensure!(r["layers"] == 3 && r["layersAlreadyPresent"] == 0, "{r}");
     ensure!(
         r["objectsNew"].as_u64() == Some(35),
@@ -114,9 +138,7 @@ fn pull_registry_twice_fetches_once(ctx: &Ctx) -> Result<()> {
     );
     let objects = count_objects(sysroot.path())?;
 
-    let r2 = ctx
-        .bootc
-        .pull(sysroot.path(), &registry_ref(ctx, "twice:v1"))?;
+    let r2 = ctx.bootc.pull(sysroot.path(), &dest)?;
     ensure!(
         r2["layersAlreadyPresent"] == 3 && r2["objectsNew"] == 0,
         "{r2}"
@@ -257,9 +279,7 @@ fn pull_containers_storage(ctx: &Ctx) -> Result<()> {
 }
 
 fn pull_through_registries_conf_mirror(ctx: &Ctx) -> Result<()> {
-    let img = image("mirrored:v1", three_layers("mirror", 0));
-    img.build()?;
-    img.push(&registry_ref(ctx, "mirrored:v1"))?;
+    pushed(ctx, "mirrored:v1", three_layers("mirror", 0))?;
     // The primary location has nothing listening; only the mirror works.
     let conf = ctx.bootc.confdir.path().join("mirror-registries.conf");
     fs::write(
@@ -297,10 +317,23 @@ fn policy_file(ctx: &Ctx, name: &str, json: &str) -> Result<std::path::PathBuf> 
     Ok(p)
 }
 
+/// `image pull DEST` into a new sysroot under the policy file `policy`:
+/// the sysroot, whether the pull succeeded, and its stderr.
+fn pull_under(ctx: &Ctx, policy: &Path, dest: &str) -> Result<(tempfile::TempDir, bool, String)> {
+    let sysroot = tempfile::tempdir()?;
+    let out = ctx
+        .bootc
+        .cmd(sysroot.path())
+        .env("CONTAINERS_POLICY_JSON", policy)
+        .args(["image", "pull", dest])
+        .stderr(Stdio::piped())
+        .output()?;
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    Ok((sysroot, out.status.success(), err))
+}
+
 fn policy_reject_imports_nothing(ctx: &Ctx) -> Result<()> {
-    let img = image("rejected:v1", three_layers("rej", 0));
-    img.build()?;
-    img.push(&registry_ref(ctx, "rejected:v1"))?;
+    let (_, dest) = pushed(ctx, "rejected:v1", three_layers("rej", 0))?;
     let policy = policy_file(
         ctx,
         "reject.json",
@@ -309,16 +342,8 @@ fn policy_reject_imports_nothing(ctx: &Ctx) -> Result<()> {
             ctx.registry.addr
         ),
     )?;
-    let sysroot = tempfile::tempdir()?;
-    let out = ctx
-        .bootc
-        .cmd(sysroot.path())
-        .env("CONTAINERS_POLICY_JSON", &policy)
-        .args(["image", "pull", &registry_ref(ctx, "rejected:v1")])
-        .stderr(Stdio::piped())
-        .output()?;
-    let err = String::from_utf8_lossy(&out.stderr);
-    ensure!(!out.status.success());
+    let (sysroot, ok, err) = pull_under(ctx, &policy, &dest)?;
+    ensure!(!ok);
     ensure!(err.contains("rejected by signature policy"), "{err}");
     ensure!(count_objects(sysroot.path())? == 0, "nothing imported");
     ensure!(ctx.bootc.list(sysroot.path())?.is_empty());
@@ -326,9 +351,7 @@ fn policy_reject_imports_nothing(ctx: &Ctx) -> Result<()> {
 }
 
 fn policy_signed_by_goes_through_skopeo_copy(ctx: &Ctx) -> Result<()> {
-    let img = image("unsigned:v1", three_layers("uns", 0));
-    img.build()?;
-    img.push(&registry_ref(ctx, "unsigned:v1"))?;
+    let (_, dest) = pushed(ctx, "unsigned:v1", three_layers("uns", 0))?;
     let key = ctx.bootc.confdir.path().join("nokey.gpg");
     fs::write(&key, b"")?;
     let policy = policy_file(
@@ -340,19 +363,8 @@ fn policy_signed_by_goes_through_skopeo_copy(ctx: &Ctx) -> Result<()> {
             key.display()
         ),
     )?;
-    let sysroot = tempfile::tempdir()?;
-    let out = ctx
-        .bootc
-        .cmd(sysroot.path())
-        .env("CONTAINERS_POLICY_JSON", &policy)
-        .args(["image", "pull", &registry_ref(ctx, "unsigned:v1")])
-        .stderr(Stdio::piped())
-        .output()?;
-    let err = String::from_utf8_lossy(&out.stderr);
-    ensure!(
-        !out.status.success(),
-        "an unsigned image must not pass signedBy"
-    );
+    let (sysroot, ok, err) = pull_under(ctx, &policy, &dest)?;
+    ensure!(!ok, "an unsigned image must not pass signedBy");
     ensure!(err.contains("signature policy"), "{err}");
     ensure!(
         err.to_lowercase().contains("signature"),
@@ -384,9 +396,7 @@ fn enforce_sigpolicy_refuses_accept_anything(ctx: &Ctx) -> Result<()> {
 }
 
 fn missing_image_and_tag_errors(ctx: &Ctx) -> Result<()> {
-    let img = image("hastag:v1", three_layers("tag", 0));
-    img.build()?;
-    img.push(&registry_ref(ctx, "hastag:v1"))?;
+    pushed(ctx, "hastag:v1", three_layers("tag", 0))?;
     let sysroot = tempfile::tempdir()?;
     for missing in ["nosuchimage:v1", "hastag:nosuchtag"] {
         let r = registry_ref(ctx, missing);
@@ -424,10 +434,7 @@ fn registry_blob_path(ctx: &Ctx, digest: &str) -> Result<std::path::PathBuf> {
 }
 
 fn corrupted_blob_imports_nothing(ctx: &Ctx) -> Result<()> {
-    let img = image("corrupt:v1", three_layers("corrupt", 4));
-    img.build()?;
-    let dest = registry_ref(ctx, "corrupt:v1");
-    img.push(&dest)?;
+    let (_, dest) = pushed(ctx, "corrupt:v1", three_layers("corrupt", 4))?;
     let inspect = run(Command::new("skopeo").args(["inspect", "--tls-verify=false", &dest]))?;
     let inspect: Value = serde_json::from_slice(&inspect.stdout)?;
     let top = inspect["Layers"][2]
@@ -487,22 +494,8 @@ fn corrupted_blob_imports_nothing(ctx: &Ctx) -> Result<()> {
 
 fn kill_during_import_then_fsck_and_retry(ctx: &Ctx) -> Result<()> {
     // A larger image so there is time to kill it mid-way.
-    let layers: Vec<Layer> = (0..4)
-        .map(|l| {
-            (0..400)
-                .map(|i| {
-                    (
-                        format!("usr/lib/big{l}/f{i}"),
-                        noise(l * 10_000 + i, 16 * 1024),
-                    )
-                })
-                .collect()
-        })
-        .collect();
-    let img = image("killme:v1", layers);
-    img.build()?;
-    let dest = registry_ref(ctx, "killme:v1");
-    img.push(&dest)?;
+    let layers = bulk_layers("big", 4, 400, 0, 10_000);
+    let (_, dest) = pushed(ctx, "killme:v1", layers)?;
     let sysroot = tempfile::tempdir()?;
     for delay_ms in [50u64, 200, 500, 1000, 2000] {
         let mut child = ctx
@@ -534,22 +527,8 @@ fn kill_during_import_then_fsck_and_retry(ctx: &Ctx) -> Result<()> {
 }
 
 fn concurrent_pulls_wait_for_lock(ctx: &Ctx) -> Result<()> {
-    let layers: Vec<Layer> = (0..2)
-        .map(|l| {
-            (0..300)
-                .map(|i| {
-                    (
-                        format!("usr/lib/c{l}/f{i}"),
-                        noise(77_000 + l * 1000 + i, 16 * 1024),
-                    )
-                })
-                .collect()
-        })
-        .collect();
-    let img = image("concurrent:v1", layers);
-    img.build()?;
-    let dest = registry_ref(ctx, "concurrent:v1");
-    img.push(&dest)?;
+    let layers = bulk_layers("c", 2, 300, 77_000, 1000);
+    let (_, dest) = pushed(ctx, "concurrent:v1", layers)?;
     let sysroot = tempfile::tempdir()?;
     let spawn = || {
         ctx.bootc
@@ -665,10 +644,7 @@ fn pull_example_bootable_image(ctx: &Ctx) -> Result<()> {
 /// `--progress-fd 3` writes progress-v0 JSON lines: Start first, then
 /// ProgressBytes events, the last with every layer done.
 fn pull_progress_fd_writes_json_lines(ctx: &Ctx) -> Result<()> {
-    let img = image("progress:v1", three_layers("progress", 1));
-    img.build()?;
-    let dest = registry_ref(ctx, "progress:v1");
-    img.push(&dest)?;
+    let (_, dest) = pushed(ctx, "progress:v1", three_layers("progress", 1))?;
     let sysroot = tempfile::tempdir()?;
     let events = sysroot.path().join("../progress.jsonl");
     let events = std::path::absolute(events)?;

@@ -165,8 +165,7 @@ R human bootc status --format humanreadable --verbose
                     s.rc_of("overlay_again").is_some_and(|rc| rc != 0),
                     "a second usr-overlay did not fail"
                 );
-                s.expect_val("usrfs", "overlay")?;
-                s.expect_val("written", "hello")?;
+                s.expect_vals(&[("usrfs", "overlay"), ("written", "hello")])?;
                 let o = s.json("overlaid")?;
                 ensure!(
                     o["status"]["usrOverlay"]["accessMode"] == "readWrite"
@@ -316,9 +315,7 @@ J overlaid bootc status --format json
                 "v4 is still on trial after a good boot: {}",
                 st["status"]["booted"]
             );
-            s.expect_val("variant", "v4")?;
-            s.expect_val("grubenv", "none")?;
-            s.expect_val("counted", "none")?;
+            s.expect_vals(&[("variant", "v4"), ("grubenv", "none"), ("counted", "none")])?;
             expect_karg(&s, "bootc.tuned=1", true)?;
             s.expect_rc("overlay_ro", 0)?;
             ensure!(

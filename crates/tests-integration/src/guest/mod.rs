@@ -36,7 +36,7 @@ pub(crate) use disk::{DiskFile, LoopDev, Mounted, offline_status, read_deploymen
 pub(crate) use host::{Guest, check, diagnose, report, with_report};
 pub(crate) use image::{derive_image, oci_digest, podman_digest, require_image};
 pub(crate) use install::{install_to_disk, install_to_filesystem};
-pub(crate) use step::{Step, expect_booted, expect_entry, expect_karg};
+pub(crate) use step::{Step, expect_booted, expect_entry, expect_karg, expect_kargs};
 
 /// Discoverable Partitions Specification type of an x86-64 root partition.
 pub(crate) const ROOT_X86_64: &str = "4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709";

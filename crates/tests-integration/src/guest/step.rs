@@ -200,6 +200,11 @@ impl Step {
         );
         Ok(())
     }
+
+    /// [`Step::expect_val`] for each (key, wanted value).
+    pub(crate) fn expect_vals(&self, want: &[(&str, &str)]) -> Result<()> {
+        want.iter().try_for_each(|(k, v)| self.expect_val(k, v))
+    }
 }
 
 /// The kernel command line printed by `V cmdline` has (or lacks) `arg`.
@@ -214,6 +219,11 @@ pub(crate) fn expect_karg(s: &Step, arg: &str, present: bool) -> Result<()> {
         if present { "lacks" } else { "still has" }
     );
     Ok(())
+}
+
+/// [`expect_karg`] for each (argument, present).
+pub(crate) fn expect_kargs(s: &Step, want: &[(&str, bool)]) -> Result<()> {
+    want.iter().try_for_each(|(a, p)| expect_karg(s, a, *p))
 }
 
 /// `status.<which>` names `image` over `transport` with `digest`.

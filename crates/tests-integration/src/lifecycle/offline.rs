@@ -106,8 +106,7 @@ J staged bootc status --format json
                 "a staged deployment survived the kill in the middle of staging: {}",
                 st["status"]["staged"]
             );
-            s.expect_val("variant", "v2")?;
-            s.expect_val("bulk", "absent")?;
+            s.expect_vals(&[("variant", "v2"), ("bulk", "absent")])?;
             s.expect_rc("switch", 0)?;
             if let (Some(t0), Some(t1)) = (s.val("t0"), s.val("t1")) {
                 println!("guest: staging v3 after the kill took {t0}..{t1} s");
@@ -147,8 +146,10 @@ sync
                 expect_entry(&st, "rollback", "registry", &reg, &v2_registry)?;
                 s.expect_val("variant", "v3")?;
                 let files = V3_BULK_MIB / V3_BULK_FILE_MIB;
-                s.expect_val("bulk", &files.to_string())?;
-                s.expect_val("bulkread", &(u64::from(V3_BULK_MIB) << 20).to_string())?;
+                s.expect_vals(&[
+                    ("bulk", &files.to_string()),
+                    ("bulkread", &(u64::from(V3_BULK_MIB) << 20).to_string()),
+                ])?;
                 if full {
                     s.expect_val("conf", "variant = local edit")?;
                 }
@@ -174,8 +175,7 @@ sync
                     "staged.json names {id:?}, status.staged is {}",
                     st["status"]["staged"]["composefs"]["verity"]
                 );
-                s.expect_val("imagebefore", "present")?;
-                s.expect_val("imageafter", "absent")?;
+                s.expect_vals(&[("imagebefore", "present"), ("imageafter", "absent")])?;
                 let log = vm::tail_lines(&r.log, usize::MAX);
                 ensure!(
                     log.contains(&format!("finalizing staged deployment {id} failed")),

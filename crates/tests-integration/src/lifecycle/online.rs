@@ -5,7 +5,7 @@
 use anyhow::{Result, ensure};
 
 use super::{Lifecycle, v1};
-use crate::guest::{check, expect_booted, expect_entry, expect_karg};
+use crate::guest::{check, expect_booted, expect_entry, expect_karg, expect_kargs};
 
 impl Lifecycle {
     /// Steps 1-3: local changes on v1, switch to v2, roll back.
@@ -101,17 +101,24 @@ J queued bootc status --format json
                     st["status"]["staged"]
                 );
                 s.expect_val("variant", "v2")?;
-                expect_karg(&s, "bootc.example=v2", true)?;
-                expect_karg(&s, "bootc.example=v1", false)?;
-                expect_karg(&s, "bootc.test.poweroff=1", true)?;
-                s.expect_val("conf", "variant = local edit")?;
-                s.expect_val("added", "added locally")?;
-                s.expect_val("after", "after staging")?;
-                s.expect_val("removable", "absent")?;
-                s.expect_val("v2only", "only in v2")?;
-                s.expect_val("defaults", "defaults of v2")?;
-                s.expect_val("mydata", "precious")?;
-                s.expect_val("tree", "/usr/bin/tree")?;
+                expect_kargs(
+                    &s,
+                    &[
+                        ("bootc.example=v2", true),
+                        ("bootc.example=v1", false),
+                        ("bootc.test.poweroff=1", true),
+                    ],
+                )?;
+                s.expect_vals(&[
+                    ("conf", "variant = local edit"),
+                    ("added", "added locally"),
+                    ("after", "after staging"),
+                    ("removable", "absent"),
+                    ("v2only", "only in v2"),
+                    ("defaults", "defaults of v2"),
+                    ("mydata", "precious"),
+                    ("tree", "/usr/bin/tree"),
+                ])?;
                 // v1 and v2 have the same kernel: one shared boot directory.
                 let digest = &st["status"]["booted"]["composefs"]["bootDigest"];
                 ensure!(
@@ -154,18 +161,22 @@ V tree sh -c 'command -v tree || echo missing'
             expect_booted(&st, "containers-storage", Some(v1()), &v1_storage)?;
             expect_entry(&st, "rollback", "oci", "/run/bootctest/v2:v2", &v2_oci)?;
             s.expect_val("variant", "v1")?;
-            expect_karg(&s, "bootc.example=v1", true)?;
-            expect_karg(&s, "bootc.example=v2", false)?;
-            s.expect_val("conf", "variant = local edit")?;
-            s.expect_val("added", "added locally")?;
-            s.expect_val("after", "after staging")?;
-            s.expect_val("removable", "absent")?;
-            s.expect_val("v2only", "absent")?;
-            s.expect_val("v2local", "absent")?;
-            s.expect_val("defaults", "defaults of v1")?;
-            s.expect_val("mydata", "precious")?;
-            s.expect_val("fromv2", "written by v2")?;
-            s.expect_val("tree", "missing")?;
+            expect_kargs(
+                &s,
+                &[("bootc.example=v1", true), ("bootc.example=v2", false)],
+            )?;
+            s.expect_vals(&[
+                ("conf", "variant = local edit"),
+                ("added", "added locally"),
+                ("after", "after staging"),
+                ("removable", "absent"),
+                ("v2only", "absent"),
+                ("v2local", "absent"),
+                ("defaults", "defaults of v1"),
+                ("mydata", "precious"),
+                ("fromv2", "written by v2"),
+                ("tree", "missing"),
+            ])?;
             Ok(())
         })?;
 
