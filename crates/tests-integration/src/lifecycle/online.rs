@@ -7,6 +7,26 @@ use anyhow::{Result, ensure};
 use super::{Lifecycle, v1};
 use crate::guest::{check, expect_booted, expect_entry, expect_karg, expect_kargs};
 
+/// Step lines reading the files step 1 changed locally, and what the image
+/// sets (its default /etc file, whether it has `tree`).
+const LOCAL_STATE: &str = "V conf cat /etc/bootc-example.conf
+V added cat /etc/local-added
+V after cat /etc/local-after-staging
+V removable exists /etc/bootc-example-removable.conf
+V defaults cat /etc/bootc-example-defaults.conf
+V mydata cat /var/lib/mydata/data
+V tree sh -c 'command -v tree || echo missing'
+";
+
+/// The values of [`LOCAL_STATE`] that every merge since step 1 keeps.
+const LOCAL_CHANGES_KEPT: &[(&str, &str)] = &[
+    ("conf", "variant = local edit"),
+    ("added", "added locally"),
+    ("after", "after staging"),
+    ("removable", "absent"),
+    ("mydata", "precious"),
+];
+
 impl Lifecycle {
     /// Steps 1-3: local changes on v1, switch to v2, roll back.
     pub(super) fn guest_switch_and_rollback(
@@ -71,14 +91,9 @@ echo "@@RC switch=$?"
         // 2. v2 booted: /usr, /etc merge, /var, kargs, v1 as rollback; roll back.
         let (r, s) = self.guest.boot_step(
             "2: v2 booted, roll back",
-            r#"V conf cat /etc/bootc-example.conf
-V added cat /etc/local-added
-V after cat /etc/local-after-staging
-V removable exists /etc/bootc-example-removable.conf
-V v2only cat /etc/bootc-example-v2-only.conf
-V defaults cat /etc/bootc-example-defaults.conf
-V mydata cat /var/lib/mydata/data
-V tree sh -c 'command -v tree || echo missing'
+            &[
+                LOCAL_STATE,
+                r#"V v2only cat /etc/bootc-example-v2-only.conf
 V bootdirs boot_dirs
 echo 'edited in v2' > /etc/v2-local
 echo 'written by v2' > /var/lib/mydata/from-v2
@@ -86,6 +101,8 @@ sync
 R rollback bootc rollback
 J queued bootc status --format json
 "#,
+            ]
+            .concat(),
         )?;
         check(
             &r,
@@ -109,14 +126,10 @@ J queued bootc status --format json
                         ("bootc.test.poweroff=1", true),
                     ],
                 )?;
+                s.expect_vals(LOCAL_CHANGES_KEPT)?;
                 s.expect_vals(&[
-                    ("conf", "variant = local edit"),
-                    ("added", "added locally"),
-                    ("after", "after staging"),
-                    ("removable", "absent"),
                     ("v2only", "only in v2"),
                     ("defaults", "defaults of v2"),
-                    ("mydata", "precious"),
                     ("tree", "/usr/bin/tree"),
                 ])?;
                 // v1 and v2 have the same kernel: one shared boot directory.
@@ -144,17 +157,14 @@ J queued bootc status --format json
         // 3. v1 booted again, with its /etc as it was.
         let (r, s) = self.guest.boot_step(
             "3: v1 after rollback",
-            r#"V conf cat /etc/bootc-example.conf
-V added cat /etc/local-added
-V after cat /etc/local-after-staging
-V removable exists /etc/bootc-example-removable.conf
-V v2only exists /etc/bootc-example-v2-only.conf
+            &[
+                LOCAL_STATE,
+                "V v2only exists /etc/bootc-example-v2-only.conf
 V v2local exists /etc/v2-local
-V defaults cat /etc/bootc-example-defaults.conf
-V mydata cat /var/lib/mydata/data
 V fromv2 cat /var/lib/mydata/from-v2
-V tree sh -c 'command -v tree || echo missing'
-"#,
+",
+            ]
+            .concat(),
         )?;
         check(&r, Some(&s), "step 3 (v1 booted after rollback)", || {
             let st = s.json("status")?;
@@ -165,15 +175,11 @@ V tree sh -c 'command -v tree || echo missing'
                 &s,
                 &[("bootc.example=v1", true), ("bootc.example=v2", false)],
             )?;
+            s.expect_vals(LOCAL_CHANGES_KEPT)?;
             s.expect_vals(&[
-                ("conf", "variant = local edit"),
-                ("added", "added locally"),
-                ("after", "after staging"),
-                ("removable", "absent"),
                 ("v2only", "absent"),
                 ("v2local", "absent"),
                 ("defaults", "defaults of v1"),
-                ("mydata", "precious"),
                 ("fromv2", "written by v2"),
                 ("tree", "missing"),
             ])?;
