@@ -108,28 +108,29 @@ const CASES: &[(&str, Want)] = &[
     ("nested-index-pointing-nowhere", Refused(&["manifest sha256:", "is missing from the layout"])),
 ];
 
-/// Cases a registry takes as they are, with what bootc must do when they
-/// come through skopeo's proxy (where skopeo checks digests and sizes too).
+/// Cases a registry takes as they are; they come through skopeo's proxy
+/// (where skopeo checks digests and sizes too), and bootc must do with them
+/// what it does with the layout ([`CASES`]) unless an expectation is given.
 #[rustfmt::skip]
-const REGISTRY_CASES: &[(&str, Want)] = &[
-    ("valid", Stored(valid)),
-    ("path-traversal", Refused(&["\"/../../etc/evil\"", "leaves the image root", "layer 2 of 2"])),
-    ("symlink-escape", Refused(&["\"/link/evil\"", "\"link\" is not a subdirectory"])),
-    ("hardlink-outside", Refused(&["\"/../../etc/passwd\"", "outside the image root"])),
-    ("whiteout-opaque-root", Stored(whiteout_opaque_root)),
-    ("devices", Stored(devices)),
-    ("truncated-gzip", Refused(&["layer 2 of 2", "unexpected end of file"])),
-    ("invalid-gzip", Refused(&["layer 2 of 2", "Invalid gzip header"])),
-    ("invalid-tar", Refused(&["layer 2 of 2", "invalid octal field"])),
-    ("diffid-poison", Refused(&["layer 2 of 2", "diff_id mismatch"])),
-    ("diffid-mismatch-uncompressed", Refused(&["layer 2 of 2", "diff_id mismatch"])),
-    ("diffid-count-mismatch", Refused(&["1 diff_ids for 2 layers"])),
+const REGISTRY_CASES: &[(&str, Option<Want>)] = &[
+    ("valid", None),
+    ("path-traversal", None),
+    ("symlink-escape", None),
+    ("hardlink-outside", None),
+    ("whiteout-opaque-root", None),
+    ("devices", None),
+    ("truncated-gzip", None),
+    ("invalid-gzip", None),
+    ("invalid-tar", None),
+    ("diffid-poison", None),
+    ("diffid-mismatch-uncompressed", None),
+    ("diffid-count-mismatch", None),
     // The blob is shorter than declared: this hung before bootc sent
     // FinishPipe while reading.
-    ("huge-layer-size", Refused(&["layer 2 of 2", "9007199254740991"])),
-    ("layer-size-too-small", Refused(&["layer 2 of 2"])),
-    ("layer-media-type-text", Refused(&["text/plain", "not a tar layer"])),
-    ("config-media-type-unknown", Refused(&["application/x-hostile", "not a container image"])),
+    ("huge-layer-size", Some(Refused(&["layer 2 of 2", "9007199254740991"]))),
+    ("layer-size-too-small", Some(Refused(&["layer 2 of 2"]))),
+    ("layer-media-type-text", None),
+    ("config-media-type-unknown", None),
 ];
 
 /// The hostile layouts, in a temporary directory.
@@ -347,11 +348,21 @@ fn hostile_layouts(ctx: &Ctx) -> Result<()> {
 
 fn hostile_images_from_registry(ctx: &Ctx) -> Result<()> {
     let layouts = Layouts::build()?;
-    let cases: Vec<&str> = REGISTRY_CASES.iter().map(|(c, _)| *c).collect();
-    layouts.push(&ctx.registry.addr, &cases)?;
+    let cases = REGISTRY_CASES
+        .iter()
+        .map(|&(case, want)| {
+            let from_layout = CASES.iter().find(|(c, _)| *c == case).map(|&(_, w)| w);
+            let want = want
+                .or(from_layout)
+                .with_context(|| format!("registry case {case} is not in CASES"))?;
+            Ok((case, want))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let names: Vec<&str> = cases.iter().map(|(c, _)| *c).collect();
+    layouts.push(&ctx.registry.addr, &names)?;
     let addr = &ctx.registry.addr;
     check_all(
-        REGISTRY_CASES,
+        &cases,
         |case| format!("docker://{addr}/hostile-{case}:latest"),
         ctx,
     )
