@@ -41,6 +41,7 @@ fn main() -> Result<()> {
         .chain(hostile::TESTS)
         .chain(deps::TESTS)
         .chain(signed::TESTS)
+        .chain(guest::TESTS)
         .copied()
         .collect();
     let ctx = if root && !args.list {

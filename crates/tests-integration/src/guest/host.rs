@@ -119,18 +119,15 @@ impl Guest {
     pub(crate) fn boot_step(&mut self, name: &str, step: &str) -> Result<(Run, Step)> {
         let r = self.boot_until(name, step, "BOOTC-POWEROFF", SHUTDOWN_GRACE)?;
         let s = Step::parse(&r).with_context(|| report(&r, None))?;
-        ensure!(
-            s.rc == Some(0),
-            "step.sh of {name} exited with {:?}\n{}",
-            s.rc,
-            report(&r, Some(&s))
-        );
-        ensure!(
-            r.exited_cleanly(),
-            "the guest did not power off after {name} ({:?}): shutdown/finalize hung?\n{}",
-            r.end,
-            report(&r, Some(&s))
-        );
+        check(&r, Some(&s), name, || {
+            ensure!(s.rc == Some(0), "step.sh exited with {:?}", s.rc);
+            ensure!(
+                r.exited_cleanly(),
+                "the guest did not power off ({:?}): shutdown/finalize hung?",
+                r.end
+            );
+            Ok(())
+        })?;
         Ok((r, s))
     }
 
@@ -142,27 +139,26 @@ impl Guest {
         let r = self.boot_until(name, step, "BOOTC-APPLY-REBOOT", SHUTDOWN_GRACE)?;
         let s = Step::parse(&r).with_context(|| report(&r, None))?;
         let log = vm::tail_lines(&r.log, usize::MAX);
-        ensure!(
-            r.matched(),
-            "bootc switch --apply did not ask systemctl to reboot in {name}\n{}",
-            report(&r, Some(&s))
-        );
-        ensure!(
-            r.exited_cleanly(),
-            "the guest did not reboot after {name} ({:?}): shutdown/finalize hung?\n{}",
-            r.end,
-            report(&r, Some(&s))
-        );
-        ensure!(
-            log.contains("reboot: Restarting system") && !log.contains("reboot: Power down"),
-            "the guest did not end {name} with a reboot (kernel message)\n{}",
-            report(&r, Some(&s))
-        );
-        ensure!(
-            !log.contains("BOOTC-POWEROFF"),
-            "the test's power-off unit ran in {name}: the reboot did not come from --apply\n{}",
-            report(&r, Some(&s))
-        );
+        check(&r, Some(&s), name, || {
+            ensure!(
+                r.matched(),
+                "bootc switch --apply did not ask systemctl to reboot"
+            );
+            ensure!(
+                r.exited_cleanly(),
+                "the guest did not reboot ({:?}): shutdown/finalize hung?",
+                r.end
+            );
+            ensure!(
+                log.contains("reboot: Restarting system") && !log.contains("reboot: Power down"),
+                "the guest did not end with a reboot (kernel message)"
+            );
+            ensure!(
+                !log.contains("BOOTC-POWEROFF"),
+                "the test's power-off unit ran: the reboot did not come from --apply"
+            );
+            Ok(())
+        })?;
         Ok((r, s))
     }
 }

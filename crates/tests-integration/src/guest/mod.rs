@@ -38,6 +38,12 @@ pub(crate) use image::{derive_image, oci_digest, podman_digest, require_image};
 pub(crate) use install::{install_to_disk, install_to_filesystem};
 pub(crate) use step::{Step, expect_booted, expect_entry, expect_karg, expect_kargs};
 
+/// The tests of this module (pure: the step protocol's parsing).
+pub const TESTS: &[(&str, crate::TestFn)] = &[(
+    "guest_step_protocol_reads_back",
+    step::guest_step_protocol_reads_back,
+)];
+
 /// Discoverable Partitions Specification type of an x86-64 root partition.
 pub(crate) const ROOT_X86_64: &str = "4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709";
 

@@ -13,7 +13,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Context, Result, ensure};
 use bootc_tests_integration::run;
 use bootc_tests_integration::vm::{self, Run};
 use serde_json::Value;
@@ -129,15 +129,10 @@ impl Step {
     /// The JSON document printed by `J label`; fails if its command failed.
     pub(crate) fn json(&self, label: &str) -> Result<Value> {
         let rc = self.rc_of(label);
-        let errs: Vec<&str> = self
-            .text
-            .lines()
-            .filter_map(|l| l.strip_prefix(&format!("@@ERR {label}: ")))
-            .collect();
         ensure!(
             rc == Some(0),
             "`bootc status --format json` ({label}) in the guest exited with {rc:?}: {}",
-            errs.join("\n")
+            self.joined(&format!("@@ERR {label}: "))
         );
         let body = vm::parse_block(
             &self.text,
@@ -149,49 +144,49 @@ impl Step {
             .with_context(|| format!("Parsing the status JSON {label}:\n{body}"))
     }
 
-    pub(crate) fn rc_of(&self, label: &str) -> Option<i32> {
-        let p = format!("@@RC {label}=");
+    /// The lines that start with `prefix`, without it.
+    fn prefixed<'a>(&'a self, prefix: &'a str) -> impl Iterator<Item = &'a str> {
         self.text
             .lines()
-            .rev()
-            .find_map(|l| l.strip_prefix(&p).and_then(|v| v.trim().parse().ok()))
+            .filter_map(move |l| l.strip_prefix(prefix))
+    }
+
+    /// [`Step::prefixed`] joined with newlines.
+    fn joined(&self, prefix: &str) -> String {
+        self.prefixed(prefix).collect::<Vec<_>>().join("\n")
+    }
+
+    /// The exit code of the last `R label` or `J label`.
+    pub(crate) fn rc_of(&self, label: &str) -> Option<i32> {
+        self.prefixed(&format!("@@RC {label}="))
+            .filter_map(|v| v.trim().parse().ok())
+            .last()
     }
 
     /// The exit code of `R label` is `want`; the command's output otherwise.
     pub(crate) fn expect_rc(&self, label: &str, want: i32) -> Result<()> {
         let got = self.rc_of(label);
-        if got != Some(want) {
-            let out: Vec<&str> = self
-                .text
-                .lines()
-                .filter_map(|l| l.strip_prefix(&format!("@@OUT {label}: ")))
-                .collect();
-            bail!(
-                "`{label}` in the guest exited with {got:?}, not {want}; its output:\n{}",
-                out.join("\n")
-            );
-        }
+        ensure!(
+            got == Some(want),
+            "`{label}` in the guest exited with {got:?}, not {want}; its output:\n{}",
+            self.out(label)
+        );
         Ok(())
     }
 
     /// The output lines of `R label`, joined with newlines.
     pub(crate) fn out(&self, label: &str) -> String {
-        let p = format!("@@OUT {label}: ");
-        self.text
-            .lines()
-            .filter_map(|l| l.strip_prefix(&p))
-            .collect::<Vec<_>>()
-            .join("\n")
+        self.joined(&format!("@@OUT {label}: "))
     }
 
+    /// The value of the last `V key` line.
     pub(crate) fn val(&self, key: &str) -> Option<String> {
-        let p = format!("@@VAL {key}=");
-        self.text
-            .lines()
-            .rev()
-            .find_map(|l| l.strip_prefix(&p).map(|v| v.trim_end().to_owned()))
+        self.prefixed(&format!("@@VAL {key}="))
+            .last()
+            .map(|v| v.trim_end().to_owned())
     }
 
+    /// The value of `V key` is `want`.
     pub(crate) fn expect_val(&self, key: &str, want: &str) -> Result<()> {
         let got = self.val(key);
         ensure!(
@@ -279,5 +274,52 @@ pub(crate) fn expect_booted(
             "status.booted.image.image.image is {got:?}, want {want:?}"
         );
     }
+    Ok(())
+}
+
+/// What a step of the [`PRELUDE`] helpers prints is read back as written
+/// (a pure test of the parsing, on a console log made up here).
+pub(crate) fn guest_step_protocol_reads_back(_ctx: &crate::Ctx) -> Result<()> {
+    use std::os::unix::process::ExitStatusExt;
+    let log = "[    1.000000] Linux version 6.1\r\n\
+        BOOTC-STEP-BEGIN\r\n\
+        @@BEGIN-status@@\n{\"status\": {\"booted\": null}}\n@@END-status@@\n@@RC status=0\n\
+        @@VAL variant=v1\n@@VAL variant=v2 \n\
+        @@OUT rb: line one\n@@OUT rb: line two\n@@RC rb=3\n\
+        @@BEGIN-bad@@\n@@END-bad@@\n@@RC bad=1\n@@ERR bad: no sysroot\n\
+        BOOTC-STEP-END\nBOOTC-STEP-RC=0\n";
+    let r = Run {
+        end: vm::RunEnd::Exited(std::process::ExitStatus::from_raw(0)),
+        matched_after: None,
+        failure: None,
+        log: log.to_owned(),
+        qemu_stderr: String::new(),
+        elapsed: std::time::Duration::ZERO,
+        pid: 0,
+    };
+    let s = Step::parse(&r)?;
+    ensure!(s.rc == Some(0), "step rc {:?}", s.rc);
+    ensure!(s.json("status")?["status"]["booted"].is_null());
+    let e = format!("{:#}", s.json("bad").unwrap_err());
+    ensure!(
+        e.contains("exited with Some(1)") && e.contains("no sysroot"),
+        "{e}"
+    );
+    ensure!(
+        s.val("variant").as_deref() == Some("v2"),
+        "{:?}",
+        s.val("variant")
+    );
+    s.expect_vals(&[("variant", "v2")])?;
+    ensure!(s.expect_val("variant", "v1").is_err());
+    ensure!(s.out("rb") == "line one\nline two", "{:?}", s.out("rb"));
+    ensure!(s.rc_of("rb") == Some(3) && s.rc_of("none").is_none());
+    let e = format!("{:#}", s.expect_rc("rb", 0).unwrap_err());
+    ensure!(e.contains("not 0") && e.contains("line two"), "{e}");
+    let partial = Step::parse_partial(&Run {
+        log: "BOOTC-STEP-BEGIN\n@@VAL k=x\n".to_owned(),
+        ..r
+    });
+    ensure!(partial.val("k").as_deref() == Some("x") && partial.rc.is_none());
     Ok(())
 }
