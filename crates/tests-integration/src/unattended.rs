@@ -142,57 +142,51 @@ R human bootc status --format humanreadable --verbose
 "#
             ),
         )?;
-        let bad_id = check(
-            &r,
-            Some(&s),
-            "step 1 (download-only)",
-            || -> Result<String> {
-                let before = s.json("status")?;
-                expect_booted(&before, "containers-storage", Some(V2), &v2)?;
-                ensure!(
-                    before["status"]["booted"]["bootAssessment"].is_null(),
-                    "the installed deployment is on trial: {}",
-                    before["status"]["booted"]
-                );
-                ensure!(
-                    s.val("ro_before")
-                        .is_some_and(|v| v.contains("Read-only file system")),
-                    "/usr was writable before usr-overlay: {:?}",
-                    s.val("ro_before")
-                );
-                s.expect_rc("overlay", 0)?;
-                ensure!(
-                    s.rc_of("overlay_again").is_some_and(|rc| rc != 0),
-                    "a second usr-overlay did not fail"
-                );
-                s.expect_vals(&[("usrfs", "overlay"), ("written", "hello")])?;
-                let o = s.json("overlaid")?;
-                ensure!(
-                    o["status"]["usrOverlay"]["accessMode"] == "readWrite"
-                        && o["status"]["usrOverlay"]["persistence"] == "transient",
-                    "status.usrOverlay after usr-overlay: {}",
-                    o["status"]["usrOverlay"]
-                );
-                s.expect_rc("tuned", 0)?;
-                s.expect_rc("download", 0)?;
-                let st = s.json("staged")?;
-                expect_entry(&st, "staged", "oci", unhealthy_ref, &unhealthy)?;
-                ensure!(
-                    st["status"]["staged"]["downloadOnly"] == true,
-                    "status.staged.downloadOnly after --download-only: {}",
-                    st["status"]["staged"]
-                );
-                s.expect_rc("human", 0)?;
-                ensure!(
-                    s.text.contains("Download-only"),
-                    "`status --verbose` does not say Download-only"
-                );
-                st["status"]["staged"]["composefs"]["verity"]
-                    .as_str()
-                    .map(str::to_owned)
-                    .context("no deployment id of the staged deployment")
-            },
-        )?;
+        let bad_id = s.check(&r, "step 1 (download-only)", |before| -> Result<String> {
+            expect_booted(&before, "containers-storage", Some(V2), &v2)?;
+            ensure!(
+                before["status"]["booted"]["bootAssessment"].is_null(),
+                "the installed deployment is on trial: {}",
+                before["status"]["booted"]
+            );
+            ensure!(
+                s.val("ro_before")
+                    .is_some_and(|v| v.contains("Read-only file system")),
+                "/usr was writable before usr-overlay: {:?}",
+                s.val("ro_before")
+            );
+            s.expect_rc("overlay", 0)?;
+            ensure!(
+                s.rc_of("overlay_again").is_some_and(|rc| rc != 0),
+                "a second usr-overlay did not fail"
+            );
+            s.expect_vals(&[("usrfs", "overlay"), ("written", "hello")])?;
+            let o = s.json("overlaid")?;
+            ensure!(
+                o["status"]["usrOverlay"]["accessMode"] == "readWrite"
+                    && o["status"]["usrOverlay"]["persistence"] == "transient",
+                "status.usrOverlay after usr-overlay: {}",
+                o["status"]["usrOverlay"]
+            );
+            s.expect_rc("tuned", 0)?;
+            s.expect_rc("download", 0)?;
+            let st = s.json("staged")?;
+            expect_entry(&st, "staged", "oci", unhealthy_ref, &unhealthy)?;
+            ensure!(
+                st["status"]["staged"]["downloadOnly"] == true,
+                "status.staged.downloadOnly after --download-only: {}",
+                st["status"]["staged"]
+            );
+            s.expect_rc("human", 0)?;
+            ensure!(
+                s.text.contains("Download-only"),
+                "`status --verbose` does not say Download-only"
+            );
+            st["status"]["staged"]["composefs"]["verity"]
+                .as_str()
+                .map(str::to_owned)
+                .context("no deployment id of the staged deployment")
+        })?;
 
         // 2. Still v2 after a shutdown; apply later, with a reboot.
         let r = self.guest.boot_to_exit(
@@ -205,8 +199,7 @@ sleep 600
 "#,
         )?;
         let s = Step::parse_partial(&r);
-        check(&r, Some(&s), "step 2 (apply later)", || {
-            let st = s.json("status")?;
+        s.check(&r, "step 2 (apply later)", |st| {
             expect_booted(&st, "containers-storage", Some(V2), &v2)?;
             expect_entry(&st, "staged", "oci", unhealthy_ref, &unhealthy)?;
             ensure!(
@@ -267,13 +260,12 @@ sleep 600
             ),
         )?;
         let s = Step::parse_partial(&r);
-        check(&r, Some(&s), "step 4 (automatic fallback)", || {
+        s.check(&r, "step 4 (automatic fallback)", |st| {
             let log = vm::tail_lines(&r.log, usize::MAX);
             ensure!(
                 log.contains(&format!("deployment {bad_id} failed its 1 boot tries")),
                 "bootc-boot-check on v2 did not notice the spent trial"
             );
-            let st = s.json("status")?;
             expect_booted(&st, "containers-storage", Some(V2), &v2)?;
             expect_entry(&st, "rollback", "oci", unhealthy_ref, &unhealthy)?;
             let a = &st["status"]["rollback"]["bootAssessment"];
@@ -301,14 +293,13 @@ V ro_write sh -c 'touch /usr/.y 2>&1 && echo writable'
 J overlaid bootc status --format json
 "#,
         )?;
-        check(&r, Some(&s), "step 5 (v4 blessed)", || {
+        s.check(&r, "step 5 (v4 blessed)", |st| {
             let log = vm::tail_lines(&r.log, usize::MAX);
             ensure!(
                 log.contains("BOOTC-HEALTH-OK"),
                 "v4's health check did not pass"
             );
             ensure!(log.contains("is blessed"), "v4 was not blessed");
-            let st = s.json("status")?;
             expect_booted(&st, "oci", Some(v4_ref), &v4)?;
             ensure!(
                 st["status"]["booted"]["bootAssessment"].is_null(),
@@ -335,8 +326,7 @@ J overlaid bootc status --format json
 
         // 6. v4 stays.
         let (r, s) = self.guest.boot_step("6: v4 stays", "")?;
-        check(&r, Some(&s), "step 6 (v4 stays)", || {
-            let st = s.json("status")?;
+        s.check(&r, "step 6 (v4 stays)", |st| {
             expect_booted(&st, "oci", Some(v4_ref), &v4)?;
             Ok(())
         })?;

@@ -179,6 +179,18 @@ impl Step {
         self.joined(&format!("@@OUT {label}: "))
     }
 
+    /// Run `check` on the step's status document (`J status`, which every
+    /// [`super::Guest`] step prints first); a failure carries the boot's
+    /// report and then `what` (the step it checked).
+    pub(crate) fn check<T>(
+        &self,
+        r: &Run,
+        what: &str,
+        check: impl FnOnce(&Value) -> Result<T>,
+    ) -> Result<T> {
+        super::check(r, Some(self), what, || check(&self.json("status")?))
+    }
+
     /// The value of the last `V key` line.
     pub(crate) fn val(&self, key: &str) -> Option<String> {
         self.prefixed(&format!("@@VAL {key}="))

@@ -57,33 +57,27 @@ echo BOOTC-STAGING-DONE
             KILL_DELAY,
         )?;
         let s = Step::parse(&r).with_context(|| report(&r, None))?;
-        check(
-            &r,
-            Some(&s),
-            "step 4 (v2 booted after the offline switch)",
-            || {
-                let st = s.json("status")?;
-                expect_booted(&st, "registry", Some(&reg), &v2_registry)?;
-                expect_entry(&st, "rollback", "containers-storage", v1(), &v1_storage)?;
-                s.expect_val("variant", "v2")?;
-                expect_karg(&s, "bootc.example=v2", true)?;
-                s.expect_val("conf", conf)?;
-                if full {
-                    s.expect_val("mydata", "precious")?;
-                }
-                ensure!(r.matched(), "no BOOTC-STAGING marker");
-                ensure!(
-                    !vm::tail_lines(&r.log, usize::MAX).contains("BOOTC-STAGING-DONE"),
-                    "staging finished within {KILL_DELAY:?}: the kill did not land in the middle of it"
-                );
-                ensure!(
-                    !r.exited_cleanly(),
-                    "qemu exited by itself instead of being killed ({:?})",
-                    r.end
-                );
-                Ok(())
-            },
-        )?;
+        s.check(&r, "step 4 (v2 booted after the offline switch)", |st| {
+            expect_booted(&st, "registry", Some(&reg), &v2_registry)?;
+            expect_entry(&st, "rollback", "containers-storage", v1(), &v1_storage)?;
+            s.expect_val("variant", "v2")?;
+            expect_karg(&s, "bootc.example=v2", true)?;
+            s.expect_val("conf", conf)?;
+            if full {
+                s.expect_val("mydata", "precious")?;
+            }
+            ensure!(r.matched(), "no BOOTC-STAGING marker");
+            ensure!(
+                !vm::tail_lines(&r.log, usize::MAX).contains("BOOTC-STAGING-DONE"),
+                "staging finished within {KILL_DELAY:?}: the kill did not land in the middle of it"
+            );
+            ensure!(
+                !r.exited_cleanly(),
+                "qemu exited by itself instead of being killed ({:?})",
+                r.end
+            );
+            Ok(())
+        })?;
 
         // 5. After the kill: the old deployment boots, staging v3 again
         // (over whatever the killed import left in the store) works.
@@ -98,8 +92,7 @@ J staged bootc status --format json
 "#,
         )?;
         println!("boot + stage v3 again: {:.1?}", start.elapsed());
-        check(&r, Some(&s), "step 5 (after the kill)", || {
-            let st = s.json("status")?;
+        s.check(&r, "step 5 (after the kill)", |st| {
             expect_booted(&st, "registry", Some(&reg), &v2_registry)?;
             ensure!(
                 st["status"]["staged"].is_null(),
@@ -136,12 +129,10 @@ V imageafter exists "/sysroot/composefs/images/$id"
 sync
 "#,
         )?;
-        check(
+        s.check(
             &r,
-            Some(&s),
             "step 5 (the deployment staged after the kill boots)",
-            || {
-                let st = s.json("status")?;
+            |st| {
                 expect_booted(&st, "oci", Some("/run/bootctest/v3:v3"), &v3_oci)?;
                 expect_entry(&st, "rollback", "registry", &reg, &v2_registry)?;
                 s.expect_val("variant", "v3")?;
@@ -192,36 +183,30 @@ sync
             r#"R journal journalctl -b -1 -u bootc-finalize-staged.service --no-pager -o cat
 "#,
         )?;
-        check(
-            &r,
-            Some(&s),
-            "step 6 (after the failed finalization)",
-            || {
-                let st = s.json("status")?;
-                expect_booted(&st, "oci", Some("/run/bootctest/v3:v3"), &v3_oci)?;
-                expect_entry(&st, "rollback", "registry", &reg, &v2_registry)?;
+        s.check(&r, "step 6 (after the failed finalization)", |st| {
+            expect_booted(&st, "oci", Some("/run/bootctest/v3:v3"), &v3_oci)?;
+            expect_entry(&st, "rollback", "registry", &reg, &v2_registry)?;
+            ensure!(
+                st["status"]["staged"].is_null(),
+                "the staged deployment whose finalization failed is still staged: {}",
+                st["status"]["staged"]
+            );
+            s.expect_val("variant", "v3")?;
+            s.expect_rc("journal", 0)?;
+            let journal = s.out("journal");
+            for want in [
+                format!(
+                    "finalizing staged deployment {broken} failed; the previous default still boots"
+                ),
+                format!("dropped the staged deployment {broken}"),
+            ] {
                 ensure!(
-                    st["status"]["staged"].is_null(),
-                    "the staged deployment whose finalization failed is still staged: {}",
-                    st["status"]["staged"]
+                    journal.contains(&want),
+                    "`journalctl -b -1 -u bootc-finalize-staged.service` lacks {want:?}:\n{journal}"
                 );
-                s.expect_val("variant", "v3")?;
-                s.expect_rc("journal", 0)?;
-                let journal = s.out("journal");
-                for want in [
-                    format!(
-                        "finalizing staged deployment {broken} failed; the previous default still boots"
-                    ),
-                    format!("dropped the staged deployment {broken}"),
-                ] {
-                    ensure!(
-                        journal.contains(&want),
-                        "`journalctl -b -1 -u bootc-finalize-staged.service` lacks {want:?}:\n{journal}"
-                    );
-                }
-                Ok(())
-            },
-        )?;
+            }
+            Ok(())
+        })?;
         Ok(())
     }
 

@@ -5,7 +5,7 @@
 use anyhow::{Result, ensure};
 
 use super::{Lifecycle, v1};
-use crate::guest::{check, expect_booted, expect_entry, expect_karg, expect_kargs};
+use crate::guest::{expect_booted, expect_entry, expect_karg, expect_kargs};
 
 /// Step lines reading the files step 1 changed locally, and what the image
 /// sets (its default /etc file, whether it has `tree`).
@@ -67,8 +67,7 @@ PATH=/run/apply-shim:$PATH bootc switch --apply --transport oci /run/bootctest/v
 echo "@@RC switch=$?"
 "#,
         )?;
-        check(&r, Some(&s), "step 1 (v1 booted, switch to v2)", || {
-            let before = s.json("status")?;
+        s.check(&r, "step 1 (v1 booted, switch to v2)", |before| {
             expect_booted(&before, "containers-storage", Some(v1()), &v1_storage)?;
             s.expect_val("variant", "v1")?;
             expect_karg(&s, "bootc.example=v1", true)?;
@@ -104,55 +103,49 @@ J queued bootc status --format json
             ]
             .concat(),
         )?;
-        check(
-            &r,
-            Some(&s),
-            "step 2 (v2 booted after switch; rollback)",
-            || {
-                let st = s.json("status")?;
-                expect_booted(&st, "oci", Some("/run/bootctest/v2:v2"), &v2_oci)?;
-                expect_entry(&st, "rollback", "containers-storage", v1(), &v1_storage)?;
-                ensure!(
-                    st["status"]["staged"].is_null(),
-                    "status.staged after finalize: {}",
-                    st["status"]["staged"]
-                );
-                s.expect_val("variant", "v2")?;
-                expect_kargs(
-                    &s,
-                    &[
-                        ("bootc.example=v2", true),
-                        ("bootc.example=v1", false),
-                        ("bootc.test.poweroff=1", true),
-                    ],
-                )?;
-                s.expect_vals(LOCAL_CHANGES_KEPT)?;
-                s.expect_vals(&[
-                    ("v2only", "only in v2"),
-                    ("defaults", "defaults of v2"),
-                    ("tree", "/usr/bin/tree"),
-                ])?;
-                // v1 and v2 have the same kernel: one shared boot directory.
-                let digest = &st["status"]["booted"]["composefs"]["bootDigest"];
-                ensure!(
-                    digest.as_str().is_some_and(|d| d.len() == 64)
-                        && *digest == st["status"]["rollback"]["composefs"]["bootDigest"],
-                    "booted and rollback bootDigest differ or are missing: {} / {}",
-                    digest,
-                    st["status"]["rollback"]["composefs"]["bootDigest"]
-                );
-                s.expect_val("bootdirs", digest.as_str().unwrap_or_default())?;
-                s.expect_rc("rollback", 0)?;
-                let q = s.json("queued")?;
-                expect_booted(&q, "oci", Some("/run/bootctest/v2:v2"), &v2_oci)?;
-                ensure!(
-                    q["status"]["rollbackQueued"] == true,
-                    "status.rollbackQueued after `bootc rollback` is {}",
-                    q["status"]["rollbackQueued"]
-                );
-                Ok(())
-            },
-        )?;
+        s.check(&r, "step 2 (v2 booted after switch; rollback)", |st| {
+            expect_booted(&st, "oci", Some("/run/bootctest/v2:v2"), &v2_oci)?;
+            expect_entry(&st, "rollback", "containers-storage", v1(), &v1_storage)?;
+            ensure!(
+                st["status"]["staged"].is_null(),
+                "status.staged after finalize: {}",
+                st["status"]["staged"]
+            );
+            s.expect_val("variant", "v2")?;
+            expect_kargs(
+                &s,
+                &[
+                    ("bootc.example=v2", true),
+                    ("bootc.example=v1", false),
+                    ("bootc.test.poweroff=1", true),
+                ],
+            )?;
+            s.expect_vals(LOCAL_CHANGES_KEPT)?;
+            s.expect_vals(&[
+                ("v2only", "only in v2"),
+                ("defaults", "defaults of v2"),
+                ("tree", "/usr/bin/tree"),
+            ])?;
+            // v1 and v2 have the same kernel: one shared boot directory.
+            let digest = &st["status"]["booted"]["composefs"]["bootDigest"];
+            ensure!(
+                digest.as_str().is_some_and(|d| d.len() == 64)
+                    && *digest == st["status"]["rollback"]["composefs"]["bootDigest"],
+                "booted and rollback bootDigest differ or are missing: {} / {}",
+                digest,
+                st["status"]["rollback"]["composefs"]["bootDigest"]
+            );
+            s.expect_val("bootdirs", digest.as_str().unwrap_or_default())?;
+            s.expect_rc("rollback", 0)?;
+            let q = s.json("queued")?;
+            expect_booted(&q, "oci", Some("/run/bootctest/v2:v2"), &v2_oci)?;
+            ensure!(
+                q["status"]["rollbackQueued"] == true,
+                "status.rollbackQueued after `bootc rollback` is {}",
+                q["status"]["rollbackQueued"]
+            );
+            Ok(())
+        })?;
 
         // 3. v1 booted again, with its /etc as it was.
         let (r, s) = self.guest.boot_step(
@@ -166,8 +159,7 @@ V fromv2 cat /var/lib/mydata/from-v2
             ]
             .concat(),
         )?;
-        check(&r, Some(&s), "step 3 (v1 booted after rollback)", || {
-            let st = s.json("status")?;
+        s.check(&r, "step 3 (v1 booted after rollback)", |st| {
             expect_booted(&st, "containers-storage", Some(v1()), &v1_storage)?;
             expect_entry(&st, "rollback", "oci", "/run/bootctest/v2:v2", &v2_oci)?;
             s.expect_val("variant", "v1")?;
