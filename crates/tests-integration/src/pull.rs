@@ -95,11 +95,17 @@ fn registry_ref(ctx: &Ctx, repo: &str) -> String {
     format!("docker://{}/{repo}", ctx.registry.addr)
 }
 
+/// Build [`image`] `name` into podman's storage.
+fn built(name: &str, layers: Vec<Layer>) -> Result<ImageSpec> {
+    let img = image(name, layers);
+    img.build()?;
+    Ok(img)
+}
+
 /// Build [`image`] `name` and push it to the registry as `name`; returns it
 /// and its `docker://` reference.
 fn pushed(ctx: &Ctx, name: &str, layers: Vec<Layer>) -> Result<(ImageSpec, String)> {
-    let img = image(name, layers);
-    img.build()?;
+    let img = built(name, layers)?;
     let dest = registry_ref(ctx, name);
     img.push(&dest)?;
     Ok((img, dest))
@@ -220,8 +226,7 @@ fn pull_update_fetches_only_changed_layer(ctx: &Ctx) -> Result<()> {
 }
 
 fn pull_oci_and_oci_archive(ctx: &Ctx) -> Result<()> {
-    let img = image("ocidir:v1", three_layers("oci", 1));
-    img.build()?;
+    let img = built("ocidir:v1", three_layers("oci", 1))?;
     let dir = tempfile::tempdir()?;
     let layout = dir.path().join("layout");
     img.push(&format!("oci:{}:v1", layout.display()))?;
@@ -266,8 +271,7 @@ fn pull_oci_and_oci_archive(ctx: &Ctx) -> Result<()> {
 }
 
 fn pull_containers_storage(ctx: &Ctx) -> Result<()> {
-    let img = image("cstor:v1", three_layers("cstor", 2));
-    img.build()?;
+    let img = built("cstor:v1", three_layers("cstor", 2))?;
     let sysroot = tempfile::tempdir()?;
     let r = ctx
         .bootc
@@ -560,8 +564,7 @@ fn concurrent_pulls_wait_for_lock(ctx: &Ctx) -> Result<()> {
 }
 
 fn list_reports_insecure_store(ctx: &Ctx) -> Result<()> {
-    let img = image("listing:v1", three_layers("list", 0));
-    img.build()?;
+    let img = built("listing:v1", three_layers("list", 0))?;
     let sysroot = tempfile::tempdir()?;
     // No store yet: an empty listing, not an error.
     ensure!(ctx.bootc.list(sysroot.path())?.is_empty());

@@ -81,10 +81,7 @@ fn check_boot(r: &Run, dep: &Deployment) -> Result<()> {
         log.contains("Reached target multi-user.target") || log.contains("Multi-User System"),
         "systemd did not report reaching multi-user.target on the console"
     );
-    let root_line = marker("BOOTC-FINDMNT-ROOT")
-        .context("no BOOTC-FINDMNT-ROOT line on the console (status unit)")?;
-    let root = vm::parse_findmnt_row(&root_line, false)
-        .with_context(|| format!("unexpected findmnt output for /: {root_line:?}"))?;
+    let (root_line, root) = mount_marker(r, "BOOTC-FINDMNT-ROOT", false)?;
     ensure!(
         root.fstype == "overlay" || root.fstype == "composefs",
         "/ is {} from {}, not the composefs overlay (initramfs): {root_line}",
@@ -95,10 +92,7 @@ fn check_boot(r: &Run, dep: &Deployment) -> Result<()> {
         root.is_readonly(),
         "/ is mounted read-write (initramfs): {root_line}"
     );
-    let usr_line = marker("BOOTC-FINDMNT-USR")
-        .context("no BOOTC-FINDMNT-USR line on the console (status unit)")?;
-    let usr = vm::parse_findmnt_row(&usr_line, true)
-        .with_context(|| format!("unexpected findmnt output for /usr: {usr_line:?}"))?;
+    let (usr_line, usr) = mount_marker(r, "BOOTC-FINDMNT-USR", true)?;
     ensure!(
         usr.is_readonly(),
         "/usr is on a read-write mount (initramfs): {usr_line}"
@@ -160,10 +154,7 @@ fn check_status(status: &Value, dep: &Deployment) -> Result<()> {
 /// console shows it: (`/` mounted with `verity=require`, the status's
 /// `composefs.missingVerityAllowed` of the booted deployment).
 pub(super) fn booted_verity(r: &Run) -> Result<(bool, bool)> {
-    let root_line = vm::marker_value(&r.log, "BOOTC-FINDMNT-ROOT")
-        .context("no BOOTC-FINDMNT-ROOT line on the console (status unit)")?;
-    let root = vm::parse_findmnt_row(&root_line, false)
-        .with_context(|| format!("unexpected findmnt output for /: {root_line:?}"))?;
+    let (_, root) = mount_marker(r, "BOOTC-FINDMNT-ROOT", false)?;
     let status = r.status_json().context("status JSON (status side)")?;
     let allowed = status["status"]["booted"]["composefs"]["missingVerityAllowed"]
         .as_bool()
@@ -172,4 +163,14 @@ pub(super) fn booted_verity(r: &Run) -> Result<(bool, bool)> {
         root.options.split(',').any(|o| o == "verity=require"),
         allowed,
     ))
+}
+
+/// The `findmnt` row the status unit printed after `marker` (with a TARGET
+/// column when `with_target`), and the line as printed.
+fn mount_marker(r: &Run, marker: &str, with_target: bool) -> Result<(String, vm::MountRow)> {
+    let line = vm::marker_value(&r.log, marker)
+        .with_context(|| format!("no {marker} line on the console (status unit)"))?;
+    let row = vm::parse_findmnt_row(&line, with_target)
+        .with_context(|| format!("unexpected findmnt output after {marker}: {line:?}"))?;
+    Ok((line, row))
 }

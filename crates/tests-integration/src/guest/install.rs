@@ -12,15 +12,34 @@ use bootc_tests_integration::{Bootc, run};
 
 use super::INSTALL_TIMEOUT;
 
-/// Run `bootc install ARGS` (under `timeout(1)`), with `what` naming it in
-/// errors; returns how long it took.
-fn install(bootc: &Bootc, args: &[&str], what: &str) -> Result<Duration> {
+/// `bootc install VERB... --source-imgref containers-storage:IMG
+/// --bootloader BOOTLOADER --karg bootc.test.poweroff=1 EXTRA... TARGET`
+/// under `timeout(1)`; returns how long it took.
+fn install(
+    bootc: &Bootc,
+    verb: &[&str],
+    img: &str,
+    bootloader: &str,
+    extra: &[&str],
+    target: &Path,
+) -> Result<Duration> {
     let start = Instant::now();
+    let what = format!("{img} {} {} ({bootloader})", verb[0], target.display());
     let mut c = Command::new("timeout");
     c.args(["--kill-after=30", &INSTALL_TIMEOUT.as_secs().to_string()])
         .arg(&bootc.bin)
         .arg("install")
-        .args(args)
+        .args(verb)
+        .arg("--source-imgref")
+        .arg(format!("containers-storage:{img}"))
+        .args([
+            "--bootloader",
+            bootloader,
+            "--karg",
+            "bootc.test.poweroff=1",
+        ])
+        .args(extra)
+        .arg(target)
         .env("CONTAINERS_REGISTRIES_CONF", bootc.registries_conf())
         .env("CONTAINERS_POLICY_JSON", bootc.policy_json())
         .env("RUST_LOG", "info")
@@ -41,25 +60,8 @@ pub(crate) fn install_to_disk(
     extra: &[&str],
     disk: &Path,
 ) -> Result<Duration> {
-    let disk_s = disk.to_str().context("disk path not UTF-8")?;
-    let src = format!("containers-storage:{img}");
-    let mut args = vec![
-        "to-disk",
-        "--via-loopback",
-        "--source-imgref",
-        &src,
-        "--bootloader",
-        bootloader,
-        "--karg",
-        "bootc.test.poweroff=1",
-    ];
-    args.extend_from_slice(extra);
-    args.push(disk_s);
-    install(
-        bootc,
-        &args,
-        &format!("{img} to-disk {disk_s} ({bootloader})"),
-    )
+    let verb = ["to-disk", "--via-loopback"];
+    install(bootc, &verb, img, bootloader, extra, disk)
 }
 
 /// `bootc install to-filesystem` of `img` into the mounted `root` with
@@ -70,18 +72,5 @@ pub(crate) fn install_to_filesystem(
     root: &Path,
     extra: &[&str],
 ) -> Result<Duration> {
-    let root_s = root.to_str().context("root path not UTF-8")?;
-    let src = format!("containers-storage:{img}");
-    let mut args = vec![
-        "to-filesystem",
-        "--source-imgref",
-        &src,
-        "--bootloader",
-        "grub",
-        "--karg",
-        "bootc.test.poweroff=1",
-    ];
-    args.extend_from_slice(extra);
-    args.push(root_s);
-    install(bootc, &args, &format!("{img} to-filesystem {root_s}"))
+    install(bootc, &["to-filesystem"], img, "grub", extra, root)
 }
