@@ -8,20 +8,15 @@
 //! Needs root, podman and the example image `localhost/bootc-example:latest`
 //! (built by examples/build.sh); skipped otherwise.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 const REPO: &str = "localhost/bootc-lifecycle-test";
 
 mod common;
+mod offline_disk;
 use common::sh;
-
-fn bootc(args: &[&str]) {
-    let mut v = vec!["bootc".to_owned()];
-    v.extend(args.iter().map(|s| s.to_string()));
-    bootc_lib::cli::run_from_args(v.into_iter().map(Into::into))
-        .unwrap_or_else(|e| panic!("bootc {args:?}: {e:#}"));
-}
+use offline_disk::{InstalledDisk, bootc};
 
 /// The boot directories in `boot/bootc` (temporary ones left out).
 fn boot_dirs(mnt: &Path) -> Vec<String> {
@@ -41,44 +36,6 @@ fn boot_dir_names(mnt: &Path) -> std::collections::BTreeMap<String, String> {
         .iter()
         .map(|d| (d.id().to_owned(), d.boot_dir_name().to_owned()))
         .collect()
-}
-
-/// Build `tag` of the test repository from `containerfile`.
-fn build(td: &Path, tag: &str, containerfile: &str) {
-    let cf = td.join(format!("Containerfile.{tag}"));
-    std::fs::write(&cf, containerfile).unwrap();
-    sh(Command::new("podman")
-        .args([
-            "build",
-            "--isolation=chroot",
-            "-q",
-            "-t",
-            &format!("{REPO}:{tag}"),
-            "-f",
-        ])
-        .arg(&cf)
-        .arg(td));
-}
-
-fn image_exists(name: &str) -> bool {
-    Command::new("podman")
-        .args(["image", "exists", name])
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
-/// Loop device + mount of the root partition, undone on drop.
-struct Mounted {
-    loopdev: String,
-    mnt: PathBuf,
-}
-
-impl Drop for Mounted {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.mnt).status();
-        let _ = Command::new("partx").args(["-d", &self.loopdev]).status();
-        let _ = Command::new("losetup").args(["-d", &self.loopdev]).status();
-    }
 }
 
 fn entries(mnt: &Path) -> Vec<String> {
@@ -110,8 +67,7 @@ fn default_options(mnt: &Path) -> String {
 
 #[test]
 fn offline_upgrade_and_rollback() {
-    if !rustix::process::getuid().is_root() || !image_exists("localhost/bootc-example:latest") {
-        eprintln!("skipped: needs root and localhost/bootc-example:latest");
+    if !offline_disk::can_run() {
         return;
     }
     let td = tempfile::tempdir().unwrap();
@@ -120,47 +76,19 @@ fn offline_upgrade_and_rollback() {
         "localhost/bootc-example:latest",
         &format!("{REPO}:v1"),
     ]));
-    build(
+    offline_disk::build(
         td.path(),
-        "v2",
+        &format!("{REPO}:v2"),
         &format!(
             "FROM {REPO}:v1\nRUN echo v2 > /usr/share/lifecycle-v2 && echo new > /etc/lifecycle.conf && mkdir -p /usr/lib/bootc/kargs.d && printf 'kargs = [\"lifecycle=1\"]\\n' > /usr/lib/bootc/kargs.d/50-lifecycle.toml\nLABEL org.opencontainers.image.version=v2\n"
         ),
     );
     sh(Command::new("podman").args(["tag", &format!("{REPO}:v1"), &format!("{REPO}:cur")]));
 
-    let disk = td.path().join("disk.img");
-    std::fs::File::create(&disk)
-        .unwrap()
-        .set_len(6 << 30)
-        .unwrap();
-    let disk_s = disk.to_str().unwrap();
     let src = format!("containers-storage:{REPO}:cur");
-    bootc(&[
-        "install",
-        "to-disk",
-        "--via-loopback",
-        "--bootloader",
-        "grub",
-        "--source-imgref",
-        &src,
-        "--karg",
-        "localarg=1",
-        disk_s,
-    ]);
-
-    let loopdev = sh(Command::new("losetup").args(["-f", "--show", disk_s]))
-        .trim()
-        .to_owned();
-    let mnt = td.path().join("mnt");
-    std::fs::create_dir(&mnt).unwrap();
-    let m = Mounted {
-        loopdev: loopdev.clone(),
-        mnt: mnt.clone(),
-    };
-    sh(Command::new("partx").args(["-a", &loopdev]));
-    sh(Command::new("mount").arg(format!("{loopdev}p3")).arg(&mnt));
-    let sysroot = mnt.to_str().unwrap();
+    let disk = InstalledDisk::install(td.path(), &src, &["--karg", "localarg=1"]);
+    let mnt = disk.mnt.clone();
+    let sysroot = disk.sysroot();
 
     let v1 = std::fs::read_dir(mnt.join("state/deploy"))
         .unwrap()
@@ -232,9 +160,9 @@ fn offline_upgrade_and_rollback() {
 
     // v3: another initramfs. v1 (default) stays as rollback, v2 is pruned;
     // v1 still uses the shared directory.
-    build(
+    offline_disk::build(
         td.path(),
-        "v3",
+        &format!("{REPO}:v3"),
         &format!(
             "FROM {REPO}:v1\nRUN for f in /usr/lib/modules/*/initramfs.img; do echo v3 >> $f; done\n"
         ),
@@ -254,9 +182,9 @@ fn offline_upgrade_and_rollback() {
 
     // v4: v3's kernel. v1 is pruned, and with it the last use of the
     // shared directory; v3 and v4 share theirs.
-    build(
+    offline_disk::build(
         td.path(),
-        "v4",
+        &format!("{REPO}:v4"),
         &format!("FROM {REPO}:v3\nRUN echo v4 > /usr/share/lifecycle-v4\n"),
     );
     sh(Command::new("podman").args(["tag", &format!("{REPO}:v4"), &format!("{REPO}:cur")]));
@@ -266,5 +194,5 @@ fn offline_upgrade_and_rollback() {
     assert!(!names.contains_key(&v1), "v1 not pruned: {names:?}");
     assert!(names.values().all(|n| *n == own), "{names:?}");
     assert_eq!(boot_dirs(&mnt), [own]);
-    drop(m);
+    drop(disk);
 }

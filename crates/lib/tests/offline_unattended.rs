@@ -7,49 +7,20 @@
 //! Needs root, podman and the example image `localhost/bootc-example:latest`
 //! (built by examples/build.sh); skipped otherwise.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 const REPO: &str = "localhost/bootc-unattended-test";
 
 mod common;
+mod offline_disk;
 use common::sh;
-
-fn run(args: &[&str]) -> anyhow::Result<()> {
-    let mut v = vec!["bootc".to_owned()];
-    v.extend(args.iter().map(|s| s.to_string()));
-    bootc_lib::cli::run_from_args(v.into_iter().map(Into::into))
-}
-
-fn bootc(args: &[&str]) {
-    run(args).unwrap_or_else(|e| panic!("bootc {args:?}: {e:#}"));
-}
+use offline_disk::{InstalledDisk, bootc, run};
 
 fn bootc_err(args: &[&str]) -> String {
     match run(args) {
         Ok(()) => panic!("bootc {args:?} succeeded"),
         Err(e) => format!("{e:#}"),
-    }
-}
-
-fn image_exists(name: &str) -> bool {
-    Command::new("podman")
-        .args(["image", "exists", name])
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
-/// Loop device + mount of the root partition, undone on drop.
-struct Mounted {
-    loopdev: String,
-    mnt: PathBuf,
-}
-
-impl Drop for Mounted {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.mnt).status();
-        let _ = Command::new("partx").args(["-d", &self.loopdev]).status();
-        let _ = Command::new("losetup").args(["-d", &self.loopdev]).status();
     }
 }
 
@@ -119,29 +90,16 @@ fn host(mnt: &Path) -> bootc_spec::Host {
 }
 
 fn build(tag: &str, from: &str, run: &str, dir: &Path) {
-    let cf = dir.join(format!("Containerfile.{tag}"));
-    std::fs::write(
-        &cf,
-        format!("FROM {from}\nRUN {run}\nLABEL org.opencontainers.image.version={tag}\n"),
-    )
-    .unwrap();
-    sh(Command::new("podman")
-        .args([
-            "build",
-            "--isolation=chroot",
-            "-q",
-            "-t",
-            &format!("{REPO}:{tag}"),
-            "-f",
-        ])
-        .arg(&cf)
-        .arg(dir));
+    offline_disk::build(
+        dir,
+        &format!("{REPO}:{tag}"),
+        &format!("FROM {from}\nRUN {run}\nLABEL org.opencontainers.image.version={tag}\n"),
+    );
 }
 
 #[test]
 fn offline_unattended_operation() {
-    if !rustix::process::getuid().is_root() || !image_exists("localhost/bootc-example:latest") {
-        eprintln!("skipped: needs root and localhost/bootc-example:latest");
+    if !offline_disk::can_run() {
         return;
     }
     let td = tempfile::tempdir().unwrap();
@@ -161,34 +119,9 @@ fn offline_unattended_operation() {
     );
     sh(Command::new("podman").args(["tag", &v1_img, &format!("{REPO}:cur")]));
 
-    let disk = td.path().join("disk.img");
-    std::fs::File::create(&disk)
-        .unwrap()
-        .set_len(6 << 30)
-        .unwrap();
-    let disk_s = disk.to_str().unwrap();
-    bootc(&[
-        "install",
-        "to-disk",
-        "--via-loopback",
-        "--bootloader",
-        "grub",
-        "--source-imgref",
-        &format!("containers-storage:{REPO}:cur"),
-        disk_s,
-    ]);
-    let loopdev = sh(Command::new("losetup").args(["-f", "--show", disk_s]))
-        .trim()
-        .to_owned();
-    let mnt = td.path().join("mnt");
-    std::fs::create_dir(&mnt).unwrap();
-    let m = Mounted {
-        loopdev: loopdev.clone(),
-        mnt: mnt.clone(),
-    };
-    sh(Command::new("partx").args(["-a", &loopdev]));
-    sh(Command::new("mount").arg(format!("{loopdev}p3")).arg(&mnt));
-    let sysroot = mnt.to_str().unwrap();
+    let disk = InstalledDisk::install(td.path(), &format!("containers-storage:{REPO}:cur"), &[]);
+    let mnt = disk.mnt.clone();
+    let sysroot = disk.sysroot();
     let v1 = order(&mnt)[0].clone();
 
     // Kernel arguments owned by sources: set, a second source, replace;
@@ -457,5 +390,5 @@ fn offline_unattended_operation() {
     )
     .unwrap();
     assert!(!json.contains("kargsSources"), "{json}");
-    drop(m);
+    drop(disk);
 }
