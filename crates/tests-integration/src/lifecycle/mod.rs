@@ -23,10 +23,9 @@
 //! (`bootc.test.poweroff=1` is an install-time karg), and
 //! `bootc-finalize-staged.service` finalizes a staged deployment on the way.
 //!
-//! Inside a step, the helper functions of [`PRELUDE`] print what the host
-//! asserts on: `@@BEGIN-<label>@@` / `@@END-<label>@@` around a
-//! `bootc status --format json` document, `@@VAL <key>=<value>` lines and
-//! `@@RC <label>=<exit code>` lines.
+//! The step protocol and the boots are [`crate::guest`]'s: every step
+//! prints the status document, the variant and the kernel command line
+//! first, then what its own lines ask for (`J`, `V`, `R`).
 //!
 //! Step 1 switches with `--apply`: a `systemctl` wrapper put first in PATH
 //! sees bootc ask for the reboot, prints the staged status, edits /etc
@@ -84,7 +83,7 @@ fn v2() -> &'static str {
 }
 
 /// v2 plus a large layer, staged while the guest is killed (built by
-/// [`ensure_v3`]): `localhost/bootc-example:v3` for the default v2, else
+/// [`build_v3`]): `localhost/bootc-example:v3` for the default v2, else
 /// `<V2>-v3`.
 fn v3() -> &'static str {
     &images().2
