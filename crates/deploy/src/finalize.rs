@@ -116,7 +116,8 @@ pub fn finalize(t: &Target, store: &Store, staged: &Staged) -> Result<Deployment
         .cloned()
         .collect();
     let keep_booted = t.booted.as_deref().or(Some(booted.id()));
-    let (keep, remove) = crate::policy::select_prune(&new_order, keep_booted, None, &pinned, &present);
+    let (keep, remove) =
+        crate::policy::select_prune(&new_order, keep_booted, None, &pinned, &present);
     let title = {
         let img = ImageMount::new(store, &deployment_image(store, new.id())?)?;
         bootc_install::deploy::entry_title(

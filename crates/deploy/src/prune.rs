@@ -86,4 +86,3 @@ pub fn gc(sysroot: &Path, report: Arc<dyn Reporter>) -> Result<Option<GcReport>>
     let _lock = crate::target::lock(&store, &*t.report)?;
     collect(&t, &store).map(Some)
 }
-

@@ -252,4 +252,3 @@ pub(crate) fn discard_staged(
     store.untag(&lifecycle::deployment_tag(dep.id()))?;
     Ok(())
 }
-

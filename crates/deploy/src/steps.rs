@@ -60,7 +60,12 @@ pub mod finalize {
     /// the failed deployment is not retried at every shutdown.
     pub const STAGED_DROPPED: &str = "finalize.staged-dropped";
     /// Every step, in order.
-    pub const ALL: &[&str] = &[ETC_MERGED, ENTRIES_PUBLISHED, STAGED_CLEARED, STAGED_DROPPED];
+    pub const ALL: &[&str] = &[
+        ETC_MERGED,
+        ENTRIES_PUBLISHED,
+        STAGED_CLEARED,
+        STAGED_DROPPED,
+    ];
 }
 
 /// Rolling back to the previous deployment ([`crate::rollback`]).

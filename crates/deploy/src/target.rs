@@ -243,7 +243,11 @@ pub(crate) fn publish_entries_on_trial(
 /// Copy the kernel of `dep` (image mounted as `tree`) where its bootloader
 /// reads it, `bootc/<bootDigest>/`: kept as is when a deployment with the
 /// same kernel and initramfs put it there already.
-pub(crate) fn install_kernel(t: &Target, dep: &Deployment, tree: &bootc_sysroot::ImageTree) -> Result<()> {
+pub(crate) fn install_kernel(
+    t: &Target,
+    dep: &Deployment,
+    tree: &bootc_sysroot::ImageTree,
+) -> Result<()> {
     let kernel = tree.find_kernel()?;
     let name = dep.boot_dir_name();
     match dep.bootloader {
@@ -266,7 +270,11 @@ pub(crate) fn install_kernel(t: &Target, dep: &Deployment, tree: &bootc_sysroot:
 /// deployment references it. Called before the deployments' directories
 /// are removed, so a crash leaves at worst a deployment without boot files
 /// and no boot entry, which the next prune removes.
-pub(crate) fn remove_kernels(t: &Target, gone: &[&Deployment], remaining: &[&Deployment]) -> Result<()> {
+pub(crate) fn remove_kernels(
+    t: &Target,
+    gone: &[&Deployment],
+    remaining: &[&Deployment],
+) -> Result<()> {
     let names = deployment::unreferenced_boot_dirs(gone, remaining);
     if names.is_empty() {
         return Ok(());

@@ -257,8 +257,9 @@ pub fn boot_check(t: &Target) -> Result<()> {
     let store = t.open_store()?;
     let _lock = crate::target::lock(&store, &*t.report)?;
     let Some(tr) = trial::read_trial(&t.sysroot)? else {
-        t.report
-            .info(&format!("bootc: deployment {booted} booted; no boot trial pending"));
+        t.report.info(&format!(
+            "bootc: deployment {booted} booted; no boot trial pending"
+        ));
         return Ok(());
     };
     let dep = deployment::load_deployment(&t.sysroot, &tr.id)?;

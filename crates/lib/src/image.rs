@@ -4,10 +4,9 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
-use clap::{Subcommand, ValueEnum};
 use bootc_oci::imgref::ImageRef;
 use bootc_store::{Store, WriteLock};
-
+use clap::{Subcommand, ValueEnum};
 
 /// `bootc image ...`
 #[derive(Debug, Subcommand)]

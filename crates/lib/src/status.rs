@@ -11,12 +11,9 @@
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 
-use bootc_deploy::deployments::{DeploymentView, HostState, build_host};
 use anyhow::{Context, Result, bail};
-use bootc_spec::{
-    BootEntry, BootEntryComposefs, BootOrder, BootType, Bootloader, Host, HostSpec, HostType,
-    ImageReference, ImageStatus, Slot,
-};
+use bootc_deploy::deployments::build_host;
+use bootc_spec::{BootEntry, BootEntryComposefs, Host, Slot};
 
 /// Output formats of `bootc status`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -222,6 +219,8 @@ pub fn run(sysroot: &Path, args: StatusArgs) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bootc_deploy::deployments::{DeploymentView, HostState};
+    use bootc_spec::{BootOrder, Bootloader, ImageReference};
 
     fn view(id: &str, tag: &str) -> DeploymentView {
         DeploymentView {

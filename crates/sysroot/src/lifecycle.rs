@@ -1,7 +1,8 @@
-//! The lifecycle state of a sysroot beside its deployments: the staged
-//! deployment (`state/staged.json`), pins (`state/deploy/<ID>/pinned`),
-//! and the pure decisions of an update: the new kernel arguments and which
-//! deployments to prune.
+//! The lifecycle state of a sysroot beside its deployments, which the
+//! engine's transactions (`bootc-deploy`) share: the staged deployment
+//! (`state/staged.json`), pins (`state/deploy/<ID>/pinned`), the store tag
+//! of each deployment, removing a deployment directory, and the kernel
+//! arguments of a new deployment (kargs.d changes and named sources).
 
 use std::path::{Path, PathBuf};
 

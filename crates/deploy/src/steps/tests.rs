@@ -29,7 +29,10 @@ fn declared(src: &str) -> BTreeMap<(String, String), String> {
     let mut module = None;
     for line in src.lines() {
         let l = line.trim();
-        if let Some(m) = l.strip_prefix("pub mod ").and_then(|r| r.strip_suffix(" {")) {
+        if let Some(m) = l
+            .strip_prefix("pub mod ")
+            .and_then(|r| r.strip_suffix(" {"))
+        {
             module = Some(m.to_owned());
         } else if line == "}" {
             module = None;
@@ -51,7 +54,10 @@ fn aliases(src: &str) -> BTreeMap<String, String> {
         let Some(rest) = line.trim().strip_prefix("use crate::steps::") else {
             continue;
         };
-        let rest = rest.trim_end_matches(';').trim_start_matches('{').trim_end_matches('}');
+        let rest = rest
+            .trim_end_matches(';')
+            .trim_start_matches('{')
+            .trim_end_matches('}');
         for item in rest.split(',') {
             let item = item.trim();
             match item.split_once(" as ") {
@@ -102,7 +108,10 @@ fn all_lists_every_step_the_code_marks() {
     let decl = declared(&std::fs::read_to_string(dir.join("steps.rs")).unwrap());
     let listed: BTreeSet<&str> = ALL.iter().flat_map(|(_, s)| s.iter().copied()).collect();
     let values: BTreeSet<&str> = decl.values().map(String::as_str).collect();
-    assert_eq!(values, listed, "the constants of steps.rs and steps::ALL differ");
+    assert_eq!(
+        values, listed,
+        "the constants of steps.rs and steps::ALL differ"
+    );
 
     let mut used = BTreeSet::new();
     let mut calls = 0;
@@ -119,7 +128,11 @@ fn all_lists_every_step_the_code_marks() {
                 continue;
             }
             let name = lit.trim().trim_matches('"');
-            assert!(listed.contains(name), "{}: point({lit}) is not in steps::ALL", p.display());
+            assert!(
+                listed.contains(name),
+                "{}: point({lit}) is not in steps::ALL",
+                p.display()
+            );
             used.insert(name.to_owned());
         }
         for arg in call_args(&src, "step") {
@@ -130,16 +143,25 @@ fn all_lists_every_step_the_code_marks() {
                 .split(|c: char| !(c.is_alphanumeric() || c == '_' || c == ':'))
                 .filter(|w| w.contains("::"))
                 .collect();
-            assert!(!refs.is_empty(), "{}: step({arg}) names no step constant", p.display());
+            assert!(
+                !refs.is_empty(),
+                "{}: step({arg}) names no step constant",
+                p.display()
+            );
             for r in refs {
                 let (m, c) = r.rsplit_once("::").unwrap();
                 let m = m.rsplit("::").next().unwrap();
                 let module = al.get(m).unwrap_or_else(|| {
-                    panic!("{}: step({arg}): {m} is no alias of a steps module", p.display())
+                    panic!(
+                        "{}: step({arg}): {m} is no alias of a steps module",
+                        p.display()
+                    )
                 });
                 let v = decl
                     .get(&(module.clone(), c.to_owned()))
-                    .unwrap_or_else(|| panic!("{}: step({arg}): no steps::{module}::{c}", p.display()));
+                    .unwrap_or_else(|| {
+                        panic!("{}: step({arg}): no steps::{module}::{c}", p.display())
+                    });
                 used.insert(v.clone());
                 calls += 1;
             }
