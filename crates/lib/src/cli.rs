@@ -1,10 +1,11 @@
-//! Command-line types and dispatch. The only module that knows about clap.
+//! The command line: the global options and the verbs, each parsed and run
+//! by its own module.
 
 use std::ffi::OsString;
 use std::path::PathBuf;
 
 use anyhow::Result;
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Parser, Subcommand};
 
 /// Transactional, in-place operating system updates using OCI container images.
 #[derive(Debug, Parser)]
@@ -26,7 +27,7 @@ pub struct Cli {
 pub enum Command {
     /// Operations on the images in the store.
     #[command(subcommand)]
-    Image(ImageCommand),
+    Image(crate::image::ImageCommand),
     /// Install the image to a disk or filesystem so that it boots.
     #[command(subcommand)]
     Install(crate::install::InstallCommand),
@@ -35,14 +36,14 @@ pub enum Command {
     /// Fetch the tracked image and stage it for the next boot if it changed.
     Upgrade(crate::upgrade::UpgradeArgs),
     /// Track another image and stage it for the next boot.
-    Switch(crate::upgrade::SwitchArgs),
+    Switch(crate::switch::SwitchArgs),
     /// Boot the rollback deployment next; discards a staged deployment.
-    Rollback(crate::upgrade::RollbackArgs),
+    Rollback(crate::rollback::RollbackArgs),
     /// Edit the host spec as YAML in $EDITOR (or from a file) and apply it:
     /// a new spec.image switches, a flipped spec.bootOrder rolls back.
     Edit(crate::edit::EditArgs),
     /// Pin a deployment so pruning never removes it (or unpin it).
-    Pin(crate::deployments::PinArgs),
+    Pin(crate::pin::PinArgs),
     /// Operations on the boot loader entries: kernel arguments owned by a
     /// named source.
     #[command(subcommand)]
@@ -52,106 +53,7 @@ pub enum Command {
     UsrOverlay(crate::usr_overlay::UsrOverlayArgs),
     /// Internal operations, not a stable interface.
     #[command(subcommand, hide = true)]
-    Internals(InternalsCommand),
-}
-
-/// `bootc internals ...`
-#[derive(Debug, Subcommand)]
-pub enum InternalsCommand {
-    /// Finalize the staged deployment: merge /etc and write the boot entries
-    /// (run by bootc-finalize-staged.service at shutdown).
-    FinalizeStaged,
-    /// List the files added (A), removed (D) and changed (M) in /usr and in
-    /// the image's /etc defaults between the booted and the staged deployment.
-    DiffStaged,
-    /// Bless the booted deployment when boot-complete.target was reached,
-    /// or record the failure and reboot out of a failed trial boot (run by
-    /// bootc-boot-check.service).
-    BootCheck,
-    /// Enable fs-verity on every object of an insecure store, then require
-    /// it: deployments mount with fs-verity enforced from the next boot
-    /// (needs a kernel and filesystem with fs-verity).
-    SealStore,
-}
-
-/// `bootc image ...`
-#[derive(Debug, Subcommand)]
-pub enum ImageCommand {
-    /// Fetch an image into the store without deploying it (pre-seeding).
-    Pull(PullArgs),
-    /// List the images in the store.
-    List(ListArgs),
-    /// Remove an image's name from the store; its content is freed by `gc`.
-    #[command(alias = "rm")]
-    Remove {
-        /// The image reference, as shown by `bootc image list`.
-        image: String,
-    },
-    /// Mount an image's composefs filesystem read-only at a directory (for inspection).
-    Mount {
-        /// The image reference, as shown by `bootc image list`.
-        image: String,
-        /// An existing directory.
-        target: PathBuf,
-    },
-    /// Delete store content no longer referenced by any image name.
-    Gc,
-    /// Check the integrity of every object, stream and image in the store.
-    Fsck(FsckArgs),
-}
-
-/// Output formats of listings.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum ListFormat {
-    /// A table for people.
-    Table,
-    /// JSON for tools.
-    Json,
-}
-
-/// Arguments of `bootc image pull`.
-#[derive(Debug, clap::Args)]
-pub struct PullArgs {
-    /// The image reference: `[TRANSPORT:]NAME`, where TRANSPORT is one of
-    /// registry (default; also `docker://`), oci, oci-archive, containers-storage.
-    pub imgref: String,
-
-    /// The transport of IMGREF when it carries no prefix.
-    #[arg(long, value_name = "TRANSPORT")]
-    pub transport: Option<String>,
-
-    /// Refuse to pull when the signature policy (policy.json) accepts
-    /// anything for this image.
-    #[arg(long)]
-    pub enforce_container_sigpolicy: bool,
-
-    /// Write progress as JSON lines (progress-v0) to this file descriptor.
-    #[arg(long, value_name = "FD")]
-    pub progress_fd: Option<u32>,
-
-    /// Print nothing but errors.
-    #[arg(long, short)]
-    pub quiet: bool,
-
-    /// How to print the result.
-    #[arg(long, value_enum, default_value = "table")]
-    pub format: ListFormat,
-}
-
-/// Arguments of `bootc image list`.
-#[derive(Debug, clap::Args)]
-pub struct ListArgs {
-    /// Output format.
-    #[arg(long, value_enum, default_value = "table")]
-    pub format: ListFormat,
-}
-
-/// Arguments of `bootc image fsck`.
-#[derive(Debug, clap::Args)]
-pub struct FsckArgs {
-    /// Output format.
-    #[arg(long, value_enum, default_value = "table")]
-    pub format: ListFormat,
+    Internals(crate::internals::InternalsCommand),
 }
 
 /// Parse `args` and run the chosen verb.
@@ -168,29 +70,22 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Image(cmd) => crate::image::run(&cli.sysroot, cmd).await,
         Command::Install(cmd) => crate::install::run(&cli.sysroot, cmd).await,
         Command::Status(args) => crate::status::run(&cli.sysroot, args),
-        Command::Upgrade(args) => crate::upgrade::upgrade(&cli.sysroot, args).await,
-        Command::Switch(args) => crate::upgrade::switch(&cli.sysroot, args).await,
-        Command::Rollback(args) => crate::upgrade::rollback(&cli.sysroot, args),
+        Command::Upgrade(args) => crate::upgrade::run(&cli.sysroot, args).await,
+        Command::Switch(args) => crate::switch::run(&cli.sysroot, args).await,
+        Command::Rollback(args) => crate::rollback::run(&cli.sysroot, args),
         Command::Edit(args) => crate::edit::run(&cli.sysroot, args).await,
-        Command::Pin(args) => crate::deployments::pin(&cli.sysroot, args),
+        Command::Pin(args) => crate::pin::run(&cli.sysroot, args),
         Command::LoaderEntries(cmd) => crate::loader_entries::run(&cli.sysroot, cmd),
         Command::UsrOverlay(args) => crate::usr_overlay::run(&cli.sysroot, &args),
-        Command::Internals(InternalsCommand::FinalizeStaged) => {
-            crate::upgrade::finalize_staged(&cli.sysroot)
-        }
-        Command::Internals(InternalsCommand::DiffStaged) => {
-            crate::upgrade::print_diff_staged(&cli.sysroot)
-        }
-        Command::Internals(InternalsCommand::BootCheck) => {
-            crate::bootcount::boot_check(&cli.sysroot)
-        }
-        Command::Internals(InternalsCommand::SealStore) => crate::seal::seal_store(&cli.sysroot),
+        Command::Internals(cmd) => crate::internals::run(&cli.sysroot, cmd),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::image::ImageCommand;
+    use crate::internals::InternalsCommand;
     use clap::CommandFactory;
 
     #[test]
@@ -269,7 +164,7 @@ mod tests {
             Cli::try_parse_from(["bootc", "rollback", "--apply", "--sysroot", "/mnt"]).unwrap();
         assert!(matches!(
             cli.command,
-            Command::Rollback(crate::upgrade::RollbackArgs { apply: true })
+            Command::Rollback(crate::rollback::RollbackArgs { apply: true })
         ));
         let cli = Cli::try_parse_from(["bootc", "internals", "finalize-staged"]).unwrap();
         assert!(matches!(

@@ -130,10 +130,10 @@ fn run_editor(path: &Path) -> Result<()> {
 
 /// `bootc edit`.
 pub async fn run(sysroot: &Path, args: EditArgs) -> Result<()> {
-    let t = crate::upgrade::Target::find(sysroot)?;
-    let state = crate::deployments::load_state(&t.sysroot)
+    let t = crate::output::target(sysroot, args.quiet)?;
+    let state = bootc_deploy::deployments::load_state(&t.sysroot)
         .with_context(|| format!("Loading deployments of {}", t.sysroot.display()))?;
-    let current = crate::status::build_host(&state, t.booted.as_deref());
+    let current = bootc_deploy::deployments::build_host(&state, t.booted.as_deref());
     let text = match &args.filename {
         Some(f) => {
             std::fs::read_to_string(f).with_context(|| format!("Reading {}", f.display()))?
@@ -166,7 +166,10 @@ pub async fn run(sysroot: &Path, args: EditArgs) -> Result<()> {
             Ok(())
         }
         EditPlan::Rollback => {
-            crate::upgrade::rollback(sysroot, crate::upgrade::RollbackArgs { apply: false })
+            // As `bootc rollback`, which prints even with --quiet.
+            let t = crate::output::target(sysroot, false)?;
+            crate::output::rolled_back(&bootc_deploy::rollback::rollback(&t)?);
+            Ok(())
         }
         EditPlan::Switch(img) => {
             let imgref =
@@ -188,15 +191,15 @@ pub async fn run(sysroot: &Path, args: EditArgs) -> Result<()> {
                     )
                 }
             };
-            let req = crate::upgrade::StageRequest {
+            let req = bootc_deploy::stage::StageRequest {
                 imgref,
                 signature,
                 enforce,
                 retain: false,
-                quiet: args.quiet,
                 download_only: false,
             };
-            crate::upgrade::stage_and_finish(&t, req, false).await
+            let outcome = bootc_deploy::apply::stage_and_finish(&t, req).await?;
+            crate::output::applied(&t, &outcome, args.quiet, false)
         }
     }
 }
@@ -324,7 +327,7 @@ status:
     fn status_yaml_round_trips_without_unknown_fields() {
         // What `bootc status` prints for a host with every role is accepted
         // as is (no field of ours is reported unknown).
-        let view = |c: &str, pinned, download_only| crate::status::DeploymentView {
+        let view = |c: &str, pinned, download_only| bootc_deploy::deployments::DeploymentView {
             id: c.repeat(64),
             image: ImageReference::registry(format!("quay.io/example/os:{c}"))
                 .with_signature(Some(ImageSignature::Insecure)),
@@ -339,7 +342,7 @@ status:
             boot_assessment: None,
             boot_digest: None,
         };
-        let state = crate::deployments::HostState {
+        let state = bootc_deploy::deployments::HostState {
             order: vec![
                 view("b", false, false),
                 view("a", false, false),
@@ -349,7 +352,7 @@ status:
             others: vec![view("e", true, false)],
         };
         for booted in [None, Some("b".repeat(64)), Some("a".repeat(64))] {
-            let host = crate::status::build_host(&state, booted.as_deref());
+            let host = bootc_deploy::deployments::build_host(&state, booted.as_deref());
             let text = serde_yaml_ng::to_string(&host).unwrap();
             assert_eq!(parse_host(&text).unwrap(), host, "{text}");
             let json = serde_json::to_string(&host).unwrap();

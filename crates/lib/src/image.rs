@@ -1,13 +1,92 @@
 //! `bootc image pull|list|remove|gc|fsck`.
 
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use bootc_oci::imgref::ImageRef;
-use bootc_store::{LockWait, Store, WriteLock, lock::LockBusy};
+use bootc_store::{Store, WriteLock};
+use clap::{Subcommand, ValueEnum};
 
-use crate::cli::{FsckArgs, ImageCommand, ListArgs, ListFormat, PullArgs};
+/// `bootc image ...`
+#[derive(Debug, Subcommand)]
+pub enum ImageCommand {
+    /// Fetch an image into the store without deploying it (pre-seeding).
+    Pull(PullArgs),
+    /// List the images in the store.
+    List(ListArgs),
+    /// Remove an image's name from the store; its content is freed by `gc`.
+    #[command(alias = "rm")]
+    Remove {
+        /// The image reference, as shown by `bootc image list`.
+        image: String,
+    },
+    /// Mount an image's composefs filesystem read-only at a directory (for inspection).
+    Mount {
+        /// The image reference, as shown by `bootc image list`.
+        image: String,
+        /// An existing directory.
+        target: PathBuf,
+    },
+    /// Delete store content no longer referenced by any image name.
+    Gc,
+    /// Check the integrity of every object, stream and image in the store.
+    Fsck(FsckArgs),
+}
+
+/// Output formats of listings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ListFormat {
+    /// A table for people.
+    Table,
+    /// JSON for tools.
+    Json,
+}
+
+/// Arguments of `bootc image pull`.
+#[derive(Debug, clap::Args)]
+pub struct PullArgs {
+    /// The image reference: `[TRANSPORT:]NAME`, where TRANSPORT is one of
+    /// registry (default; also `docker://`), oci, oci-archive, containers-storage.
+    pub imgref: String,
+
+    /// The transport of IMGREF when it carries no prefix.
+    #[arg(long, value_name = "TRANSPORT")]
+    pub transport: Option<String>,
+
+    /// Refuse to pull when the signature policy (policy.json) accepts
+    /// anything for this image.
+    #[arg(long)]
+    pub enforce_container_sigpolicy: bool,
+
+    /// Write progress as JSON lines (progress-v0) to this file descriptor.
+    #[arg(long, value_name = "FD")]
+    pub progress_fd: Option<u32>,
+
+    /// Print nothing but errors.
+    #[arg(long, short)]
+    pub quiet: bool,
+
+    /// How to print the result.
+    #[arg(long, value_enum, default_value = "table")]
+    pub format: ListFormat,
+}
+
+/// Arguments of `bootc image list`.
+#[derive(Debug, clap::Args)]
+pub struct ListArgs {
+    /// Output format.
+    #[arg(long, value_enum, default_value = "table")]
+    pub format: ListFormat,
+}
+
+/// Arguments of `bootc image fsck`.
+#[derive(Debug, clap::Args)]
+pub struct FsckArgs {
+    /// Output format.
+    #[arg(long, value_enum, default_value = "table")]
+    pub format: ListFormat,
+}
 
 /// Run one `bootc image` verb against the store of `sysroot`.
 pub async fn run(sysroot: &Path, cmd: ImageCommand) -> Result<()> {
@@ -22,17 +101,8 @@ pub async fn run(sysroot: &Path, cmd: ImageCommand) -> Result<()> {
 }
 
 /// Take the writer lock, telling the user when another process holds it.
-pub(crate) fn lock(store: &Store) -> Result<WriteLock> {
-    match store.lock(LockWait::NoWait) {
-        Ok(l) => Ok(l),
-        Err(e) => {
-            let Some(busy) = e.downcast_ref::<LockBusy>() else {
-                return Err(e);
-            };
-            eprintln!("Waiting: {busy}");
-            store.lock(LockWait::Block)
-        }
-    }
+fn lock(store: &Store) -> Result<WriteLock> {
+    bootc_deploy::target::lock(store, &crate::output::Terminal::default())
 }
 
 fn parse_imgref(imgref: &str, transport: Option<&str>) -> Result<ImageRef> {
@@ -170,12 +240,10 @@ fn mount(sysroot: &Path, image: &str, target: &Path) -> Result<()> {
 }
 
 fn gc(sysroot: &Path) -> Result<()> {
-    let Some(store) = open_existing(sysroot)? else {
+    let Some(r) = bootc_deploy::prune::gc(sysroot, crate::output::reporter(false))? else {
         println!("No image store in {}", sysroot.display());
         return Ok(());
     };
-    let _lock = lock(&store)?;
-    let r = store.gc(&[])?;
     println!(
         "Removed {} objects ({} bytes)",
         r.objects_removed, r.bytes_removed

@@ -336,16 +336,21 @@ fn report(o: &InstallOutcome, target: &str) {
 
 #[cfg(test)]
 mod tests {
-    use crate::cli::{Cli, Command};
     use clap::Parser;
 
     use super::*;
 
+    /// `bootc install ...` as the command line parses it, without `cli`.
+    #[derive(Debug, Parser)]
+    struct Cli {
+        #[command(subcommand)]
+        command: InstallCommand,
+    }
+
     #[test]
     fn parses_to_disk_like_upstream() {
         let cli = Cli::try_parse_from([
-            "bootc",
-            "install",
+            "bootc-install",
             "to-disk",
             "--via-loopback",
             "--source-imgref",
@@ -372,7 +377,7 @@ mod tests {
             "/var/tmp/d.raw",
         ])
         .unwrap();
-        let Command::Install(InstallCommand::ToDisk(a)) = cli.command else {
+        let InstallCommand::ToDisk(a) = cli.command else {
             panic!("not to-disk")
         };
         assert!(a.via_loopback && a.wipe && a.common.generic_image);
@@ -385,8 +390,7 @@ mod tests {
     #[test]
     fn parses_to_filesystem() {
         let cli = Cli::try_parse_from([
-            "bootc",
-            "install",
+            "bootc-install",
             "to-filesystem",
             "--replace",
             "alongside",
@@ -398,7 +402,7 @@ mod tests {
             "/mnt",
         ])
         .unwrap();
-        let Command::Install(InstallCommand::ToFilesystem(a)) = cli.command else {
+        let InstallCommand::ToFilesystem(a) = cli.command else {
             panic!("not to-filesystem")
         };
         assert_eq!(a.replace, Some(ReplaceArg::Alongside));

@@ -1,26 +1,34 @@
-//! The verbs of `bootc`: command-line types and the flows behind them.
+//! The verbs of `bootc`: one module per verb, each with its clap arguments,
+//! parsing them, calling the engine (`bootc-deploy`) and rendering the
+//! result. No verb module imports another or [`cli`].
 //!
-//! - [`cli`]: clap types (the only place clap is used) and dispatch.
-//! - [`image`]: `bootc image pull|list|remove|gc|fsck`.
+//! - [`cli`]: the global options; assembles the verbs and dispatches.
+//! - [`image`]: `bootc image pull|list|remove|mount|gc|fsck`.
 //! - [`install`]: `bootc install to-disk|to-filesystem|to-existing-root|print-configuration`.
 //! - [`status`]: `bootc status`.
-//! - [`upgrade`]: `bootc upgrade|switch|rollback`, `bootc internals finalize-staged`.
+//! - [`upgrade`]: `bootc upgrade [--check|--download-only|--from-downloaded]`.
+//! - [`switch`]: `bootc switch`.
+//! - [`rollback`]: `bootc rollback`.
 //! - [`edit`]: `bootc edit`.
-//! - [`deployments`]: reading deployments by role; `bootc pin`.
-//! - [`bootcount`]: automatic rollback (boot trials), `bootc internals boot-check`.
+//! - [`pin`]: `bootc pin`.
 //! - [`loader_entries`]: `bootc loader-entries set-options-for-source`.
-//! - [`usr_overlay`]: `bootc usr-overlay`, and the `/usr` overlay status.
-//! - [`seal`]: fs-verity mode: `bootc internals seal-store`, per-deployment mode for status.
+//! - [`usr_overlay`]: `bootc usr-overlay`.
+//! - [`internals`]: `bootc internals finalize-staged|diff-staged|boot-check|seal-store`.
+//!
+//! Shared by the verbs: [`output`] (the engine's reporter for the terminal,
+//! how an update or rollback is told) and [`progress`] (pull progress).
 
-pub mod bootcount;
 pub mod cli;
-pub mod deployments;
 pub mod edit;
 pub mod image;
 pub mod install;
+pub mod internals;
 pub mod loader_entries;
+pub mod output;
+pub mod pin;
 pub mod progress;
-pub mod seal;
+pub mod rollback;
 pub mod status;
+pub mod switch;
 pub mod upgrade;
 pub mod usr_overlay;

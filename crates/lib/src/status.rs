@@ -11,12 +11,9 @@
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 
-use crate::deployments::HostState;
 use anyhow::{Context, Result, bail};
-use bootc_spec::{
-    BootEntry, BootEntryComposefs, BootOrder, BootType, Bootloader, Host, HostSpec, HostType,
-    ImageReference, ImageStatus, Slot,
-};
+use bootc_deploy::deployments::build_host;
+use bootc_spec::{BootEntry, BootEntryComposefs, Host, Slot};
 
 /// Output formats of `bootc status`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -47,122 +44,6 @@ pub struct StatusArgs {
     /// Show more detail in the human-readable output.
     #[arg(long, short)]
     pub verbose: bool,
-}
-
-/// One deployment, as status needs it (decoupled from the on-disk record).
-#[derive(Debug, Clone)]
-pub struct DeploymentView {
-    /// The deployment id (the EROFS image's fs-verity digest).
-    pub id: String,
-    /// The image reference it tracks.
-    pub image: ImageReference,
-    /// Manifest digest.
-    pub digest: String,
-    /// Version label.
-    pub version: Option<String>,
-    /// Build time.
-    pub timestamp: Option<chrono::DateTime<chrono::Utc>>,
-    /// Architecture.
-    pub architecture: String,
-    /// The bootloader that boots it.
-    pub bootloader: Bootloader,
-    /// Whether the store lacks fs-verity.
-    pub insecure: bool,
-    /// Whether pinned.
-    pub pinned: bool,
-    /// Whether staged with `--download-only`.
-    pub download_only: bool,
-    /// On trial, or failed its trial (automatic rollback).
-    pub boot_assessment: Option<bootc_spec::BootAssessment>,
-    /// The sha256 of its kernel followed by its initramfs, when recorded.
-    pub boot_digest: Option<String>,
-}
-
-impl DeploymentView {
-    fn entry(&self) -> BootEntry {
-        let mut image = ImageStatus::new(
-            self.image.clone(),
-            self.digest.clone(),
-            self.architecture.clone(),
-        );
-        image.version = self.version.clone();
-        image.timestamp = self.timestamp;
-        BootEntry {
-            image: Some(image),
-            pinned: self.pinned,
-            download_only: self.download_only,
-            composefs: Some(BootEntryComposefs {
-                verity: self.id.clone(),
-                boot_type: BootType::Bls,
-                bootloader: self.bootloader,
-                boot_digest: self.boot_digest.clone(),
-                missing_verity_allowed: self.insecure,
-            }),
-            boot_assessment: self.boot_assessment.clone(),
-            ..Default::default()
-        }
-    }
-}
-
-/// Build the host from its deployments by role and the booted deployment's
-/// id, if the host is booted (offline, the default entry plays "booted").
-///
-/// - staged: `state/staged.json`;
-/// - booted: named by the command line, else the default entry;
-/// - rollback: the first entry in boot order that is not the booted one;
-/// - rollbackQueued: booted, and the default entry is not the booted one;
-/// - otherDeployments: pinned deployments in no other role.
-pub fn build_host(state: &HostState, booted: Option<&str>) -> Host {
-    let mut host = Host::default();
-    let booted_view = match booted {
-        Some(id) => state.order.iter().chain(&state.others).find(|d| d.id == id),
-        None => state.order.first(),
-    };
-    if let Some(s) = &state.staged {
-        host.status.staged = Some(s.entry());
-    }
-    let Some(b) = booted_view else {
-        if let Some(s) = &state.staged {
-            host.spec.image = Some(s.image.clone());
-        }
-        return host;
-    };
-    let queued = booted.is_some() && state.order.first().is_some_and(|d| d.id != b.id);
-    host.spec = HostSpec {
-        image: Some(
-            state
-                .staged
-                .as_ref()
-                .map(|s| s.image.clone())
-                .unwrap_or_else(|| b.image.clone()),
-        ),
-        boot_order: if queued {
-            BootOrder::Rollback
-        } else {
-            BootOrder::Default
-        },
-    };
-    host.status.booted = Some(b.entry());
-    host.status.ty = Some(HostType::BootcHost);
-    host.status.rollback_queued = queued;
-    let rollback = state.order.iter().find(|d| d.id != b.id);
-    if let Some(r) = rollback {
-        host.status.rollback = Some(r.entry());
-    }
-    let staged_id = state.staged.as_ref().map(|s| s.id.as_str());
-    host.status.other_deployments = state
-        .order
-        .iter()
-        .chain(&state.others)
-        .filter(|d| {
-            d.pinned
-                && d.id != b.id
-                && Some(d.id.as_str()) != rollback.map(|r| r.id.as_str())
-                && Some(d.id.as_str()) != staged_id
-        })
-        .map(|d| d.entry())
-        .collect();
-    host
 }
 
 /// The human-readable rendering.
@@ -296,9 +177,9 @@ fn physical_root(sysroot: &Path, cmdline: &str) -> (PathBuf, Option<String>) {
 pub fn run(sysroot: &Path, args: StatusArgs) -> Result<()> {
     let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
     let (root, booted) = physical_root(sysroot, &cmdline);
-    let mut state = crate::deployments::load_state(&root)
+    let mut state = bootc_deploy::deployments::load_state(&root)
         .with_context(|| format!("Loading deployments of {}", root.display()))?;
-    crate::seal::apply_verity_modes(&mut state, &root, booted.as_deref())?;
+    bootc_deploy::seal::apply_verity_modes(&mut state, &root, booted.as_deref())?;
     if let Some(id) = &booted
         && !state.order.iter().chain(&state.others).any(|d| &d.id == id)
     {
@@ -307,7 +188,7 @@ pub fn run(sysroot: &Path, args: StatusArgs) -> Result<()> {
     let mut host = build_host(&state, booted.as_deref());
     if booted.is_some() {
         // Only the running system has a /usr to overlay.
-        host.status.usr_overlay = crate::usr_overlay::current().unwrap_or_else(|e| {
+        host.status.usr_overlay = bootc_deploy::usr_overlay::current().unwrap_or_else(|e| {
             tracing::warn!("cannot tell whether /usr has an overlay: {e:#}");
             None
         });
@@ -338,6 +219,8 @@ pub fn run(sysroot: &Path, args: StatusArgs) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bootc_deploy::deployments::{DeploymentView, HostState};
+    use bootc_spec::{BootOrder, Bootloader, ImageReference};
 
     fn view(id: &str, tag: &str) -> DeploymentView {
         DeploymentView {
@@ -460,8 +343,8 @@ No rollback image is present
         );
         assert!(verbose.contains("Bootloader: grub"), "{verbose}");
         let mut host = host;
-        host.status.usr_overlay = crate::usr_overlay::parse_usr_overlay(include_str!(
-            "fixtures/mountinfo-usr-overlay-rw.txt"
+        host.status.usr_overlay = bootc_deploy::usr_overlay::parse_usr_overlay(include_str!(
+            "../../deploy/src/fixtures/mountinfo-usr-overlay-rw.txt"
         ));
         let human = render_human(&host, false);
         assert!(
@@ -501,12 +384,12 @@ No rollback image is present
         .into_iter()
         .chain(
             [
-                include_str!("fixtures/mountinfo-usr-overlay-rw.txt"),
-                include_str!("fixtures/mountinfo-usr-overlay-ro.txt"),
+                include_str!("../../deploy/src/fixtures/mountinfo-usr-overlay-rw.txt"),
+                include_str!("../../deploy/src/fixtures/mountinfo-usr-overlay-ro.txt"),
             ]
             .map(|mountinfo| {
                 let mut host = build_host(&state(&[view("b", "v2")]), Some(&view("b", "v2").id));
-                host.status.usr_overlay = crate::usr_overlay::parse_usr_overlay(mountinfo);
+                host.status.usr_overlay = bootc_deploy::usr_overlay::parse_usr_overlay(mountinfo);
                 assert!(host.status.usr_overlay.is_some());
                 host
             }),

@@ -85,8 +85,8 @@ fn set_source(sysroot: &str, name: &str, options: Option<&str>) {
 }
 
 fn host(mnt: &Path) -> bootc_spec::Host {
-    let state = bootc_lib::deployments::load_state(mnt).unwrap();
-    bootc_lib::status::build_host(&state, None)
+    let state = bootc_deploy::deployments::load_state(mnt).unwrap();
+    bootc_deploy::deployments::build_host(&state, None)
 }
 
 fn build(tag: &str, from: &str, run: &str, dir: &Path) {
@@ -224,8 +224,8 @@ fn offline_unattended_operation() {
     bootc(&["internals", "finalize-staged", "--sysroot", sysroot]);
     assert_eq!(order(&mnt), vec![v1.clone()]);
     // The diff between the booted (default) and the staged deployment.
-    let diff = bootc_lib::upgrade::diff_staged(&mnt).unwrap();
-    use bootc_lib::upgrade::Change;
+    let diff = bootc_lib::internals::diff_staged(&mnt).unwrap();
+    use bootc_deploy::diff::Change;
     assert!(
         diff.contains(&("/usr/share/unattended-v2".into(), Change::Added)),
         "{diff:?}"

@@ -3,6 +3,8 @@
 //!
 //! Modules:
 //! - [`imgref`]: parsing `bootc`-style image references and transports.
+//! - [`inspect`]: a remote image's digest, labels and layers without pulling
+//!   it (`skopeo inspect`), and what fetching it costs.
 //! - [`registries`]: `registries.conf` (mirrors, insecure registries).
 //! - [`auth`]: locating `auth.json` the way containers and upstream bootc do.
 //! - [`policy`]: `policy.json` evaluation (does this pull need enforcement?).
@@ -15,6 +17,7 @@
 pub mod auth;
 mod cstor;
 pub mod imgref;
+pub mod inspect;
 pub mod policy;
 pub mod progress;
 pub mod pull;

@@ -5,8 +5,8 @@
 //!   following its symlinks out of it.
 //! - [`cmdline`]: the kernel command line and the `composefs=<ID>` selector.
 //! - [`copy`]: copying a system tree with owners, modes, xattrs and links.
-//! - [`lifecycle`]: `state/staged.json`, pins, and the pure update decisions
-//!   (kernel arguments, boot order, pruning).
+//! - [`lifecycle`]: `state/staged.json`, pins, deployment tags and removal, and
+//!   the kernel arguments of a new deployment.
 //!
 //! **Architecture invariant**: this crate knows the layout of the physical root
 //! filesystem (below) but nothing about bootloaders or partitions.

@@ -1,14 +1,136 @@
-//! Reading a sysroot's deployments for `status`: their boot order from the
-//! BLS entries, the staged one from `state/staged.json`, pins.
+//! Reading a sysroot's deployments by role (`status`): their boot order
+//! from the BLS entries, the staged one from `state/staged.json`, pins, and
+//! the [`Host`] they make; pinning (`bootc pin`).
 
 use std::path::Path;
 
 use anyhow::{Context, Result};
-use bootc_spec::Bootloader;
+use bootc_spec::{
+    BootEntry, BootEntryComposefs, BootOrder, BootType, Bootloader, Host, HostSpec, HostType,
+    ImageReference, ImageStatus,
+};
 use bootc_sysroot::deployment::{self, Deployment, Verity};
 use bootc_sysroot::lifecycle;
 
-use crate::status::DeploymentView;
+use crate::steps::pin as steps;
+use crate::target::Target;
+
+/// One deployment, as status needs it (decoupled from the on-disk record).
+#[derive(Debug, Clone)]
+pub struct DeploymentView {
+    /// The deployment id (the EROFS image's fs-verity digest).
+    pub id: String,
+    /// The image reference it tracks.
+    pub image: ImageReference,
+    /// Manifest digest.
+    pub digest: String,
+    /// Version label.
+    pub version: Option<String>,
+    /// Build time.
+    pub timestamp: Option<chrono::DateTime<chrono::Utc>>,
+    /// Architecture.
+    pub architecture: String,
+    /// The bootloader that boots it.
+    pub bootloader: Bootloader,
+    /// Whether the store lacks fs-verity.
+    pub insecure: bool,
+    /// Whether pinned.
+    pub pinned: bool,
+    /// Whether staged with `--download-only`.
+    pub download_only: bool,
+    /// On trial, or failed its trial (automatic rollback).
+    pub boot_assessment: Option<bootc_spec::BootAssessment>,
+    /// The sha256 of its kernel followed by its initramfs, when recorded.
+    pub boot_digest: Option<String>,
+}
+
+impl DeploymentView {
+    /// The deployment as a boot entry of the host's status.
+    pub fn entry(&self) -> BootEntry {
+        let mut image = ImageStatus::new(
+            self.image.clone(),
+            self.digest.clone(),
+            self.architecture.clone(),
+        );
+        image.version = self.version.clone();
+        image.timestamp = self.timestamp;
+        BootEntry {
+            image: Some(image),
+            pinned: self.pinned,
+            download_only: self.download_only,
+            composefs: Some(BootEntryComposefs {
+                verity: self.id.clone(),
+                boot_type: BootType::Bls,
+                bootloader: self.bootloader,
+                boot_digest: self.boot_digest.clone(),
+                missing_verity_allowed: self.insecure,
+            }),
+            boot_assessment: self.boot_assessment.clone(),
+            ..Default::default()
+        }
+    }
+}
+
+/// Build the host from its deployments by role and the booted deployment's
+/// id, if the host is booted (offline, the default entry plays "booted").
+///
+/// - staged: `state/staged.json`;
+/// - booted: named by the command line, else the default entry;
+/// - rollback: the first entry in boot order that is not the booted one;
+/// - rollbackQueued: booted, and the default entry is not the booted one;
+/// - otherDeployments: pinned deployments in no other role.
+pub fn build_host(state: &HostState, booted: Option<&str>) -> Host {
+    let mut host = Host::default();
+    let booted_view = match booted {
+        Some(id) => state.order.iter().chain(&state.others).find(|d| d.id == id),
+        None => state.order.first(),
+    };
+    if let Some(s) = &state.staged {
+        host.status.staged = Some(s.entry());
+    }
+    let Some(b) = booted_view else {
+        if let Some(s) = &state.staged {
+            host.spec.image = Some(s.image.clone());
+        }
+        return host;
+    };
+    let queued = booted.is_some() && state.order.first().is_some_and(|d| d.id != b.id);
+    host.spec = HostSpec {
+        image: Some(
+            state
+                .staged
+                .as_ref()
+                .map(|s| s.image.clone())
+                .unwrap_or_else(|| b.image.clone()),
+        ),
+        boot_order: if queued {
+            BootOrder::Rollback
+        } else {
+            BootOrder::Default
+        },
+    };
+    host.status.booted = Some(b.entry());
+    host.status.ty = Some(HostType::BootcHost);
+    host.status.rollback_queued = queued;
+    let rollback = state.order.iter().find(|d| d.id != b.id);
+    if let Some(r) = rollback {
+        host.status.rollback = Some(r.entry());
+    }
+    let staged_id = state.staged.as_ref().map(|s| s.id.as_str());
+    host.status.other_deployments = state
+        .order
+        .iter()
+        .chain(&state.others)
+        .filter(|d| {
+            d.pinned
+                && d.id != b.id
+                && Some(d.id.as_str()) != rollback.map(|r| r.id.as_str())
+                && Some(d.id.as_str()) != staged_id
+        })
+        .map(|d| d.entry())
+        .collect();
+    host
+}
 
 /// The deployments of a sysroot by role.
 #[derive(Debug, Clone, Default)]
@@ -38,7 +160,7 @@ fn view(root: &Path, d: &Deployment, download_only: bool) -> DeploymentView {
         insecure: d.verity == Verity::Insecure,
         pinned: lifecycle::is_pinned(root, d.id()),
         download_only,
-        boot_assessment: crate::bootcount::assessment(root, d.id()),
+        boot_assessment: crate::trial::assessment(root, d.id()),
         boot_digest: d.boot_digest.clone(),
     }
 }
@@ -82,17 +204,6 @@ pub fn load_state(root: &Path) -> Result<HostState> {
         state.order = std::mem::take(&mut state.others);
     }
     Ok(state)
-}
-
-/// Arguments of `bootc pin`.
-#[derive(Debug, clap::Args)]
-pub struct PinArgs {
-    /// The deployment: `booted`, `staged` (or `pending`), `rollback`, or a
-    /// deployment id (or a unique prefix of it, at least 8 characters).
-    pub deployment: String,
-    /// Remove the pin instead.
-    #[arg(long, short)]
-    pub unpin: bool,
 }
 
 /// The id of the deployment `what` names on `host` (built from `state`):
@@ -144,30 +255,24 @@ pub fn resolve_deployment(
     }
 }
 
-/// `bootc pin [--unpin] DEPLOYMENT`: keep (or stop keeping) a deployment
-/// through pruning.
-pub fn pin(sysroot: &Path, args: PinArgs) -> Result<()> {
-    let t = crate::upgrade::Target::find(sysroot)?;
-    let store = bootc_store::Store::open(&t.sysroot)?
-        .with_context(|| format!("No image store in {}", t.sysroot.display()))?;
-    let _lock = crate::image::lock(&store)?;
+/// `bootc pin [--unpin] DEPLOYMENT`: keep (or stop keeping) the deployment
+/// `what` names through pruning. Returns its id and whether that changed.
+pub fn pin(t: &Target, what: &str, pinned: bool) -> Result<(String, bool)> {
+    let store = t.open_store()?;
+    let _lock = crate::target::lock(&store, &*t.report)?;
     let state = load_state(&t.sysroot)?;
-    let host = crate::status::build_host(&state, t.booted.as_deref());
-    let id = resolve_deployment(&host, &state, &args.deployment)?;
-    let changed = lifecycle::set_pinned(&t.sysroot, &id, !args.unpin)?;
-    let what = if args.unpin { "unpinned" } else { "pinned" };
+    let host = build_host(&state, t.booted.as_deref());
+    let id = resolve_deployment(&host, &state, what)?;
+    let changed = lifecycle::set_pinned(&t.sysroot, &id, pinned)?;
     if changed {
-        println!("Deployment {id} is now {what}");
-    } else {
-        println!("Deployment {id} was already {what}");
+        t.step(steps::CHANGED);
     }
-    Ok(())
+    Ok((id, changed))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bootc_spec::ImageReference;
 
     fn v(c: &str) -> DeploymentView {
         DeploymentView {
@@ -197,7 +302,7 @@ mod tests {
             staged: Some(v("c")),
             others: vec![ab2.clone()],
         };
-        let host = crate::status::build_host(&state, Some(&v("a").id));
+        let host = build_host(&state, Some(&v("a").id));
         // (what, Ok(id) or Err(fragment))
         let cases: &[(&str, Result<String, &str>)] = &[
             ("booted", Ok(v("a").id)),
@@ -220,7 +325,7 @@ mod tests {
                 (e, g) => panic!("{what}: expected {e:?}, got {g:?}"),
             }
         }
-        let offline = crate::status::build_host(&HostState::default(), None);
+        let offline = build_host(&HostState::default(), None);
         assert!(resolve_deployment(&offline, &HostState::default(), "staged").is_err());
     }
 }

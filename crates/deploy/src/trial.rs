@@ -29,11 +29,11 @@ use bootc_boot::counting::{
 };
 use bootc_boot::entries::renumber;
 use bootc_spec::{AssessmentState, BootAssessment};
-use bootc_store::Store;
 use bootc_sysroot::trial::{self, BootFailure, Trial};
 use bootc_sysroot::{Bootloader, deployment};
 
-use crate::upgrade::{Target, current_order, find_esp, publish_entries};
+use crate::steps::trial as steps;
+use crate::target::{Target, current_order, find_esp, publish_entries};
 
 /// The unit that runs [`boot_check`] every boot (contrib/systemd).
 pub const CHECK_UNIT: &str = "bootc-boot-check.service";
@@ -118,7 +118,9 @@ pub fn start_trial(t: &Target, bootloader: Bootloader, id: &str, tries: u32) -> 
         vars.insert(GRUB_TRIES_VAR.into(), tries.to_string());
         write_grubenv(t, &vars)?;
     }
-    trial::remove_failure(&t.sysroot, id)
+    trial::remove_failure(&t.sysroot, id)?;
+    t.step(steps::COUNTER_ARMED);
+    Ok(())
 }
 
 /// End any trial (rollback, blessing, or a new deployment without one):
@@ -132,7 +134,9 @@ pub fn end_trial(t: &Target, bootloader: Bootloader) -> Result<()> {
             write_grubenv(t, &vars)?;
         }
     }
-    trial::remove_trial(&t.sysroot)
+    trial::remove_trial(&t.sysroot)?;
+    t.step(steps::ENDED);
+    Ok(())
 }
 
 /// The ESP file name for entry `name` of deployment `id`: with the counter
@@ -242,26 +246,28 @@ fn failed_units() -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// `bootc internals boot-check` (run by [`CHECK_UNIT`] on every boot).
-pub fn boot_check(sysroot: &Path) -> Result<()> {
-    let t = Target::find(sysroot)?;
+/// `bootc internals boot-check` (run by [`CHECK_UNIT`] on every boot):
+/// bless the booted deployment on trial, or record its failure and reboot,
+/// or fall back from a trial that used up its tries.
+pub fn boot_check(t: &Target) -> Result<()> {
     let booted = t
         .booted
         .clone()
         .context("boot-check runs on a booted host only")?;
-    let store = Store::open(&t.sysroot)?
-        .with_context(|| format!("No image store in {}", t.sysroot.display()))?;
-    let _lock = crate::image::lock(&store)?;
+    let store = t.open_store()?;
+    let _lock = crate::target::lock(&store, &*t.report)?;
     let Some(tr) = trial::read_trial(&t.sysroot)? else {
-        println!("bootc: deployment {booted} booted; no boot trial pending");
+        t.report.info(&format!(
+            "bootc: deployment {booted} booted; no boot trial pending"
+        ));
         return Ok(());
     };
     let dep = deployment::load_deployment(&t.sysroot, &tr.id)?;
     let Some(dep) = dep else {
-        eprintln!(
+        t.report.warn(&format!(
             "bootc: the deployment on trial {} is gone; ending the trial",
             tr.id
-        );
+        ));
         let bl = deployment::load_deployment(&t.sysroot, &booted)?
             .map(|d| d.bootloader)
             .unwrap_or(Bootloader::None);
@@ -274,7 +280,10 @@ pub fn boot_check(sysroot: &Path) -> Result<()> {
             }
             end_trial(&t, dep.bootloader)?;
             trial::remove_failure(&t.sysroot, &booted)?;
-            println!("bootc: {BOOT_COMPLETE} reached; deployment {booted} is blessed");
+            t.step(steps::BLESSED);
+            t.report.info(&format!(
+                "bootc: {BOOT_COMPLETE} reached; deployment {booted} is blessed"
+            ));
             return Ok(());
         }
         let failed = failed_units();
@@ -295,10 +304,11 @@ pub fn boot_check(sysroot: &Path) -> Result<()> {
                 time: now(),
             },
         )?;
-        println!(
+        t.step(steps::FAILURE_RECORDED);
+        t.report.info(&format!(
             "bootc: boot of deployment {booted} failed ({reason}); {} tries left; rebooting",
             left.map(|n| n.to_string()).unwrap_or_else(|| "no".into())
-        );
+        ));
         rustix::fs::sync();
         let s = Command::new("systemctl")
             .arg("reboot")
@@ -310,11 +320,11 @@ pub fn boot_check(sysroot: &Path) -> Result<()> {
     // Booted another deployment than the one on trial.
     let left = tries_left(&t, dep.bootloader, &tr.id)?;
     if left.is_some_and(|n| n > 0) {
-        println!(
+        t.report.info(&format!(
             "bootc: deployment {} is on trial ({} tries left) but {booted} was booted; leaving the trial as it is",
             tr.id,
             left.unwrap_or(0)
-        );
+        ));
         return Ok(());
     }
     fall_back(&t, &tr, &booted, dep.bootloader)
@@ -356,9 +366,10 @@ fn fall_back(t: &Target, tr: &Trial, booted: &str, bootloader: Bootloader) -> Re
         booted_dep.bootloader,
         &renumber(entries, &booted_dep.stateroot),
     )?;
-    println!(
+    t.step(steps::FELL_BACK);
+    t.report.info(&format!(
         "bootc: deployment {} failed its {} boot tries; {booted} is the default again and {} is the rollback",
         tr.id, tr.tries, tr.id
-    );
+    ));
     Ok(())
 }

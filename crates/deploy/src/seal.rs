@@ -14,18 +14,18 @@ use anyhow::{Context, Result};
 use bootc_store::{SealError, SealReport, Store, VerityMode};
 
 use crate::deployments::HostState;
-use crate::upgrade::Target;
+use crate::steps::seal as steps;
+use crate::target::Target;
 
 /// `bootc internals seal-store`: seal the store of the host (or of
-/// `--sysroot`). Fails where fs-verity is unavailable or an object is corrupt.
-pub fn seal_store(sysroot: &Path) -> Result<()> {
-    let t = Target::find(sysroot)?;
-    let store = Store::open(&t.sysroot)?
-        .with_context(|| format!("No image store in {}", t.sysroot.display()))?;
-    let _lock = crate::image::lock(&store)?;
+/// `--sysroot`). Fails where fs-verity is unavailable or an object is
+/// corrupt. Returns what it did, as a sentence.
+pub fn seal_store(t: &Target) -> Result<String> {
+    let store = t.open_store()?;
+    let _lock = crate::target::lock(&store, &*t.report)?;
     let report = store.seal()?;
-    println!("{}", describe(&Store::repo_path(&t.sysroot), &report));
-    Ok(())
+    t.step(steps::STORE_SEALED);
+    Ok(describe(&Store::repo_path(&t.sysroot), &report))
 }
 
 /// Called by a booted host staging an update, with the writer lock held:
@@ -40,7 +40,9 @@ pub fn seal_if_possible(t: &Target, store: Store) -> Result<Store> {
     }
     match store.seal() {
         Ok(report) => {
-            println!("{}", describe(&Store::repo_path(&t.sysroot), &report));
+            t.step(steps::STORE_SEALED);
+            t.report
+                .notice(&describe(&Store::repo_path(&t.sysroot), &report));
             drop(store);
             Store::open(&t.sysroot)?
                 .with_context(|| format!("Re-opening the store in {}", t.sysroot.display()))
@@ -48,7 +50,9 @@ pub fn seal_if_possible(t: &Target, store: Store) -> Result<Store> {
         Err(e) => {
             match e.downcast_ref::<SealError>() {
                 Some(SealError::Unsupported(_)) => tracing::debug!("not sealing: {e:#}"),
-                _ => eprintln!("warning: the store stays insecure: {e:#}"),
+                _ => t
+                    .report
+                    .warn(&format!("warning: the store stays insecure: {e:#}")),
             }
             Ok(store)
         }
