@@ -31,7 +31,7 @@ use anyhow::{Context, Result, bail, ensure};
 pub mod qsd;
 
 /// The super block's magic number.
-pub const MAGIC: u64 = 0x6a73_6677_7368_72;
+pub const MAGIC: u64 = 0x006a_7366_7773_6872;
 /// The one format version.
 pub const VERSION: u64 = 1;
 /// The request was a cache flush (a barrier: all earlier writes are durable).
@@ -226,10 +226,10 @@ pub fn choose_subset(window: &[Entry], seed: u64) -> Vec<usize> {
     if writes.is_empty() {
         return Vec::new();
     }
-    let cut = 1 + (rng.next() % writes.len() as u64) as usize;
+    let cut = 1 + (rng.next_u64() % writes.len() as u64) as usize;
     writes[..cut]
         .iter()
-        .filter(|e| e.is_fua() || rng.next() & 1 == 1)
+        .filter(|e| e.is_fua() || rng.next_u64() & 1 == 1)
         .map(|e| e.index)
         .collect()
 }
@@ -240,7 +240,7 @@ pub struct SplitMix(pub u64);
 
 impl SplitMix {
     /// The next value.
-    pub fn next(&mut self) -> u64 {
+    pub fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);

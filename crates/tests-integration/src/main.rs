@@ -7,6 +7,7 @@ mod boot;
 mod deps;
 mod hostile;
 mod lifecycle;
+mod powercut;
 mod pull;
 mod signed;
 mod unattended;
@@ -40,6 +41,8 @@ fn main() -> Result<()> {
         .chain(hostile::TESTS)
         .chain(deps::TESTS)
         .chain(signed::TESTS)
+        .chain(powercut::TESTS)
+        .chain(powercut::LONG)
         .copied()
         .collect();
     let ctx = if root && !args.list {
@@ -57,7 +60,8 @@ fn main() -> Result<()> {
                 Some(ctx) => f(&ctx).map_err(|e| format!("{e:#}").into()),
                 None => Err("these tests need root".into()),
             })
-            .with_ignored_flag(!root)
+            // The long reliability sweeps run only with --ignored (scripts/reliability.sh).
+            .with_ignored_flag(!root || powercut::LONG.iter().any(|(n, _)| *n == name))
         })
         .collect();
     let conclusion = libtest_mimic::run(&args, trials);
