@@ -5,6 +5,7 @@
 
 mod boot;
 mod deps;
+mod diskfull;
 mod hostile;
 mod lifecycle;
 mod powercut;
@@ -42,6 +43,7 @@ fn main() -> Result<()> {
         .chain(deps::TESTS)
         .chain(signed::TESTS)
         .chain(powercut::TESTS)
+        .chain(diskfull::TESTS)
         .chain(powercut::LONG)
         .copied()
         .collect();

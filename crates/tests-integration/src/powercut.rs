@@ -92,12 +92,12 @@ fn build_images(work: &Path) -> Result<()> {
 }
 
 /// A loop device with partitions, detached on drop.
-struct Lo {
-    dev: String,
+pub(crate) struct Lo {
+    pub(crate) dev: String,
 }
 
 impl Lo {
-    fn attach(file: &Path, read_only: bool) -> Result<Self> {
+    pub(crate) fn attach(file: &Path, read_only: bool) -> Result<Self> {
         let mut c = Command::new("losetup");
         c.args(["-f", "--show", "-P"]);
         if read_only {
@@ -111,7 +111,7 @@ impl Lo {
         Ok(l)
     }
 
-    fn part(&self, n: u32) -> Result<PathBuf> {
+    pub(crate) fn part(&self, n: u32) -> Result<PathBuf> {
         let p = PathBuf::from(format!("{}p{n}", self.dev));
         let deadline = Instant::now() + std::time::Duration::from_secs(5);
         while !p.exists() {
@@ -132,15 +132,15 @@ impl Drop for Lo {
 }
 
 /// A mounted filesystem, unmounted on drop.
-struct Mnt(PathBuf);
+pub(crate) struct Mnt(pub(crate) PathBuf);
 
 impl Mnt {
-    fn mount(dev: &Path, at: &Path) -> Result<Self> {
+    pub(crate) fn mount(dev: &Path, at: &Path) -> Result<Self> {
         fs::create_dir_all(at)?;
         run(Command::new("mount").arg(dev).arg(at))?;
         Ok(Self(at.to_owned()))
     }
-    fn unmount(self) -> Result<()> {
+    pub(crate) fn unmount(self) -> Result<()> {
         let p = self.0.clone();
         std::mem::forget(self);
         run(Command::new("umount").arg(&p))?;
@@ -155,20 +155,20 @@ impl Drop for Mnt {
 }
 
 /// Partition numbers of the ESP and the root.
-fn layout(disk: &Path) -> Result<(u32, u32)> {
+pub(crate) fn layout(disk: &Path) -> Result<(u32, u32)> {
     let parts = bootc_tests_integration::vm::partitions(disk)?;
     let find = |g: &str| parts.iter().find(|p| p.type_guid == g).map(|p| p.number);
     Ok((find(ESP_GUID).context("no ESP")?, find(ROOT_GUID).context("no root partition")?))
 }
 
 /// The deployment `/boot/loader/entries` boots by default (what status reads).
-fn default_deployment(mnt: &Path) -> Result<Option<String>> {
+pub(crate) fn default_deployment(mnt: &Path) -> Result<Option<String>> {
     let entries = bootc_boot::entries::read_entries(&mnt.join("boot"))?;
     Ok(bootc_boot::entries::boot_order(entries).first().and_then(|(_, e)| e.deployment_id()))
 }
 
 /// Record, directory and composefs image of deployment `id`.
-fn assert_whole(mnt: &Path, id: &str) -> Result<()> {
+pub(crate) fn assert_whole(mnt: &Path, id: &str) -> Result<()> {
     let dir = mnt.join("state/deploy").join(id);
     ensure!(dir.join("deployment.json").is_file(), "no record {}", dir.display());
     serde_json::from_slice::<serde_json::Value>(&fs::read(dir.join("deployment.json"))?)
@@ -180,7 +180,7 @@ fn assert_whole(mnt: &Path, id: &str) -> Result<()> {
 
 /// The boot loader's view of the ESP: the default entry's deployment, its
 /// kernel and initramfs checked against the boot digest they are stored under.
-fn esp_default(esp: &Path) -> Result<String> {
+pub(crate) fn esp_default(esp: &Path) -> Result<String> {
     let esp = Esp::new(esp);
     let (name, e) = esp.resolve_default()?;
     let linux = e.linux.clone().context("no linux line")?;
