@@ -45,6 +45,7 @@ pub const TESTS: &[(&str, TestFn)] = &[("powercut_ext4_sampled", powercut_ext4_s
 pub const LONG: &[(&str, TestFn)] = &[
     ("powercut_all_flushes_ext4", powercut_all_flushes_ext4),
     ("powercut_all_flushes_xfs", powercut_all_flushes_xfs),
+    ("powercut_all_flushes_ext4_grub", powercut_all_flushes_ext4_grub),
 ];
 
 const REPO: &str = "localhost/bootc-powercut";
@@ -52,15 +53,20 @@ const ESP_GUID: &str = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B";
 const ROOT_GUID: &str = "4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709";
 
 fn powercut_ext4_sampled(ctx: &Ctx) -> Result<()> {
-    sweep(ctx, "ext4", Some(10), 4)
+    sweep(ctx, "ext4", "systemd", Some(10), 4)
 }
 
 fn powercut_all_flushes_ext4(ctx: &Ctx) -> Result<()> {
-    sweep(ctx, "ext4", None, 3)
+    sweep(ctx, "ext4", "systemd", None, 3)
 }
 
 fn powercut_all_flushes_xfs(ctx: &Ctx) -> Result<()> {
-    sweep(ctx, "xfs", None, 3)
+    sweep(ctx, "xfs", "systemd", None, 3)
+}
+
+/// GRUB reads /boot on the root filesystem without replaying its journal.
+fn powercut_all_flushes_ext4_grub(ctx: &Ctx) -> Result<()> {
+    sweep(ctx, "ext4", "grub", None, 3)
 }
 
 /// The recorded steps, each a command line after `bootc --sysroot MNT`.
@@ -161,6 +167,51 @@ pub(crate) fn layout(disk: &Path) -> Result<(u32, u32)> {
     Ok((find(ESP_GUID).context("no ESP")?, find(ROOT_GUID).context("no root partition")?))
 }
 
+/// GRUB's view of an ext4 root, read with debugfs (no journal replay):
+/// the first menu entry of `/boot/grub/grub.cfg` (the default) names a
+/// kernel and initramfs whose sha256 is the boot digest they are stored
+/// under; returns the entry's deployment (`composefs=`).
+pub(crate) fn grub_default(root: &Path, work: &Path) -> Result<String> {
+    let debugfs = |req: &str| -> Result<Vec<u8>> {
+        let out = Command::new("debugfs").arg("-R").arg(req).arg(root).output()?;
+        ensure!(out.status.success(), "debugfs {req}: {}", String::from_utf8_lossy(&out.stderr));
+        Ok(out.stdout)
+    };
+    let cfg = String::from_utf8(debugfs("cat /boot/grub/grub.cfg")?).context("grub.cfg is not text")?;
+    let entry = cfg.split("\nmenuentry ").nth(1).context("grub.cfg has no menu entry")?;
+    let unq = |w: &str| w.trim_matches('\'').to_owned();
+    let line = |k: &str| {
+        entry
+            .lines()
+            .map(str::trim)
+            .find_map(|l| l.strip_prefix(k).map(|r| r.split_whitespace().map(unq).collect::<Vec<_>>()))
+            .with_context(|| format!("first menu entry has no {k}line: {entry}"))
+    };
+    let linux = line("linux ")?;
+    let initrd = line("initrd ")?;
+    let digest = linux[0]
+        .split("/bootc/")
+        .nth(1)
+        .and_then(|r| r.split('/').next())
+        .with_context(|| format!("kernel {} not under /bootc/<digest>/", linux[0]))?
+        .to_owned();
+    let mut h = sha2::Sha256::new();
+    for f in std::iter::once(&linux[0]).chain(initrd.iter()) {
+        let out = work.join("grub-file");
+        let _ = fs::remove_file(&out);
+        debugfs(&format!("dump {f} {}", out.display()))?;
+        let data = fs::read(&out).with_context(|| format!("{f} does not exist for GRUB"))?;
+        ensure!(!data.is_empty(), "{f} is empty for GRUB");
+        h.update(data);
+    }
+    let got = hex::encode(h.finalize());
+    ensure!(got == digest, "kernel + initramfs hash to {got} for GRUB, stored as {digest}");
+    linux[1..]
+        .iter()
+        .find_map(|a| a.strip_prefix("composefs=").map(str::to_owned))
+        .context("first menu entry has no composefs=")
+}
+
 /// The deployment `/boot/loader/entries` boots by default (what status reads).
 pub(crate) fn default_deployment(mnt: &Path) -> Result<Option<String>> {
     let entries = bootc_boot::entries::read_entries(&mnt.join("boot"))?;
@@ -224,7 +275,7 @@ fn step_of(bounds: &[usize], entry: usize) -> usize {
     bounds.iter().take_while(|&&b| b <= entry).count().min(bounds.len() - 1)
 }
 
-fn sweep(ctx: &Ctx, fs: &str, sample: Option<usize>, subsets_every: usize) -> Result<()> {
+fn sweep(ctx: &Ctx, fs: &str, bootloader: &str, sample: Option<usize>, subsets_every: usize) -> Result<()> {
     let started = Instant::now();
     if Command::new("qemu-storage-daemon").arg("--version").output().is_err() {
         bail!("qemu-storage-daemon missing (scripts/deps.sh installs qemu-system-x86)");
@@ -237,7 +288,7 @@ fn sweep(ctx: &Ctx, fs: &str, sample: Option<usize>, subsets_every: usize) -> Re
     crate::lifecycle::install_to_disk(
         ctx,
         &format!("{REPO}:v1"),
-        "systemd",
+        bootloader,
         &["--filesystem".into(), fs.into()],
         &base,
     )?;
@@ -281,7 +332,7 @@ fn sweep(ctx: &Ctx, fs: &str, sample: Option<usize>, subsets_every: usize) -> Re
     ensure!(defaults[0] != defaults[1], "switch did not change the default: {defaults:?}");
     let flushes = log.flushes();
     println!(
-        "powercut {fs}: {} entries, {} flushes, step ends at {bounds:?}, defaults {defaults:?}",
+        "powercut {fs} {bootloader}: {} entries, {} flushes, step ends at {bounds:?}, defaults {defaults:?}",
         log.entries.len(),
         flushes.len()
     );
@@ -305,7 +356,7 @@ fn sweep(ctx: &Ctx, fs: &str, sample: Option<usize>, subsets_every: usize) -> Re
         let k = step_of(&bounds, f);
         let allowed = [defaults[k].clone(), defaults[k + 1].clone()];
         let what = format!("{fs} flush {f} (step {k} {:?})", steps()[k]);
-        check_state(ctx, fs, work, &state, &log, &[], (esp_n, root_n), &allowed, &what, true, &mut fig)
+        check_state(ctx, fs, bootloader, work, &state, &log, &[], (esp_n, root_n), &allowed, &what, true, &mut fig)
             .with_context(|| what.clone())?;
         fig.flush_states += 1;
         if i % subsets_every == 0 {
@@ -314,13 +365,13 @@ fn sweep(ctx: &Ctx, fs: &str, sample: Option<usize>, subsets_every: usize) -> Re
             let mut allowed = allowed.to_vec();
             allowed.push(defaults[k2 + 1].clone());
             let what = format!("{what} + subset {s:?}");
-            check_state(ctx, fs, work, &state, &log, &s, (esp_n, root_n), &allowed, &what, false, &mut fig)
+            check_state(ctx, fs, bootloader, work, &state, &log, &s, (esp_n, root_n), &allowed, &what, false, &mut fig)
                 .with_context(|| what.clone())?;
             fig.subset_states += 1;
         }
     }
     println!(
-        "powercut {fs}: {} flushes recorded, {} flush states and {} reordered states checked, un-replayed root fsck clean {} / not clean {}, {:?}",
+        "powercut {fs} {bootloader}: {} flushes recorded, {} flush states and {} reordered states checked, un-replayed root fsck clean {} / not clean {}, {:?}",
         flushes.len(),
         fig.flush_states,
         fig.subset_states,
@@ -336,6 +387,7 @@ fn sweep(ctx: &Ctx, fs: &str, sample: Option<usize>, subsets_every: usize) -> Re
 fn check_state(
     ctx: &Ctx,
     fs: &str,
+    bootloader: &str,
     work: &Path,
     state: &Path,
     log: &Log,
@@ -358,7 +410,11 @@ fn check_state(
     let esp_dep = {
         let lo = Lo::attach(&exp.path, true)?;
         let esp = lo.part(esp_n)?;
-        let dep = esp_default(&esp).context("ESP (boot loader view)")?;
+        let dep = if bootloader == "grub" {
+            grub_default(&lo.part(root_n)?, work).context("GRUB's view of /boot (no journal replay)")?
+        } else {
+            esp_default(&esp).context("ESP (boot loader view)")?
+        };
         let out = Command::new("fsck.vfat").arg("-n").arg(&esp).output()?;
         if at_flush {
             ensure!(
