@@ -38,20 +38,40 @@ fn tree(dir: &Path) -> Result<BTreeSet<String>> {
     Ok(String::from_utf8_lossy(&out.stdout).lines().map(str::to_owned).collect())
 }
 
-/// Free bytes of the filesystem at `p`, reserved blocks included (bootc runs as root).
+/// Free bytes of the filesystem at `p` (its root-reserved blocks are set to 0).
 fn free_bytes(p: &Path) -> Result<u64> {
     let s = rustix::fs::statvfs(p)?;
-    Ok(s.f_bfree * s.f_frsize)
+    Ok(s.f_bavail * s.f_frsize)
 }
 
-/// Leave about `keep` bytes free on the filesystem at `mnt`.
+/// Leave about `keep` bytes free on the filesystem at `mnt` (within 256 KiB):
+/// preallocated files `filler-N`, halving a request the filesystem refuses
+/// (it keeps some space back for its metadata).
 fn fill(mnt: &Path, keep: u64) -> Result<()> {
-    let free = free_bytes(mnt)?;
-    let filler = mnt.join("filler");
-    run(Command::new("fallocate")
-        .args(["-l", &free.saturating_sub(keep).to_string()])
-        .arg(&filler))?;
-    run(Command::new("sync").arg("-f").arg(mnt))?;
+    let mut n = 0;
+    let mut len = free_bytes(mnt)?.saturating_sub(keep);
+    while len >= 64 << 10 {
+        let ok = Command::new("fallocate")
+            .args(["-l", &len.to_string()])
+            .arg(mnt.join(format!("filler-{n}")))
+            .stderr(std::process::Stdio::null())
+            .status()?
+            .success();
+        n += 1;
+        run(Command::new("sync").arg("-f").arg(mnt))?;
+        let over = free_bytes(mnt)?.saturating_sub(keep);
+        len = if ok { over } else { (len / 2).min(over) };
+    }
+    Ok(())
+}
+
+fn unfill(mnt: &Path) -> Result<()> {
+    for e in fs::read_dir(mnt)? {
+        let e = e?;
+        if e.file_name().to_string_lossy().starts_with("filler-") {
+            fs::remove_file(e.path())?;
+        }
+    }
     Ok(())
 }
 
@@ -90,6 +110,11 @@ fn diskfull_pull_and_stage(ctx: &Ctx) -> Result<()> {
     fs::File::create(&base)?.set_len(4 << 30)?;
     crate::lifecycle::install_to_disk(ctx, &format!("{REPO}:v1"), "systemd", &[], &base)?;
     let (esp_n, root_n) = layout(&base)?;
+    {
+        // No root-reserved blocks: bootc (root) sees exactly what statvfs says is available.
+        let lo = Lo::attach(&base, false)?;
+        run(Command::new("tune2fs").args(["-m", "0"]).arg(lo.part(root_n)?))?;
+    }
     let case = work.join("case.img");
     let mnt = work.join("mnt");
     let mut cases = 0;
@@ -115,7 +140,6 @@ fn diskfull_pull_and_stage(ctx: &Ctx) -> Result<()> {
         ensure!(need > 0, "{op:?} took no space");
         for quarter in 1..=3u64 {
             let keep = need * quarter / 4;
-            let what = format!("{op:?} with {keep} of {need} bytes free");
             run(Command::new("cp").arg("--sparse=always").arg(&base).arg(&case))?;
             let lo = Lo::attach(&case, false)?;
             let m = Mnt::mount(&lo.part(root_n)?, &mnt)?;
@@ -124,6 +148,7 @@ fn diskfull_pull_and_stage(ctx: &Ctx) -> Result<()> {
             }
             let objects_before = tree(&mnt.join("composefs/objects"))?;
             fill(&mnt, keep)?;
+            let what = format!("{op:?} needing {need} bytes with {} free", free_bytes(&mnt)?);
             let out = ctx
                 .bootc
                 .cmd(&mnt)
@@ -135,7 +160,7 @@ fn diskfull_pull_and_stage(ctx: &Ctx) -> Result<()> {
             let line = err.lines().find(|l| l.starts_with("error:")).unwrap_or_default().to_owned();
             ensure!(line.contains('/'), "{what}: error names no path: {line}");
             figures.push(format!("{what}: {line}"));
-            fs::remove_file(mnt.join("filler"))?;
+            unfill(&mnt)?;
             // Nothing partial left.
             for d in ["state", "composefs"] {
                 let left: Vec<String> = tree(&mnt.join(d))?
