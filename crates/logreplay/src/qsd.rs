@@ -1,6 +1,7 @@
 //! qemu-storage-daemon exports through FUSE: a disk whose every write and
 //! flush is logged (`blklogwrites`), and a copy-on-write view of a disk
-//! image (a qcow2 overlay) for checks that must not change it.
+//! image (a qcow2 overlay) for checks that must not change it, and a disk
+//! with a bad sector (`blkdebug`: writes there fail with EIO).
 //!
 //! The export is a regular file (the mount point) that `losetup` can attach:
 //! the loop driver sends a flush of the loop device as an fsync of that
@@ -58,6 +59,24 @@ impl Export {
                 format!("driver=file,node-name=ovl,filename={},cache.no-flush=on", overlay.display()),
                 "driver=qcow2,node-name=top,file=ovl".into(),
             ],
+            path,
+        )
+    }
+
+    /// Export `disk` (raw) at `path` through qemu's `blkdebug` driver, every
+    /// write touching one of the 512-byte `sectors` failing with EIO (bad
+    /// spots of a disk); the other requests pass through.
+    pub fn bad_sectors(disk: &Path, sectors: &[u64], path: &Path) -> Result<Self> {
+        let rules: Vec<String> = sectors
+            .iter()
+            .map(|s| format!(r#"{{"event":"pwritev","iotype":"write","sector":{s},"errno":5}}"#))
+            .collect();
+        Self::start(
+            &[format!(
+                r#"{{"driver":"blkdebug","node-name":"top","image":{{"driver":"file","filename":"{}"}},"inject-error":[{}]}}"#,
+                disk.display(),
+                rules.join(",")
+            )],
             path,
         )
     }

@@ -30,16 +30,16 @@ use crate::{Ctx, TestFn};
 
 pub const TESTS: &[(&str, TestFn)] = &[("diskfull_pull_and_stage", diskfull_pull_and_stage)];
 
-const REPO: &str = "localhost/bootc-diskfull";
+pub(crate) const REPO: &str = "localhost/bootc-diskfull";
 
 /// Every path under `dir`, relative to it.
-fn tree(dir: &Path) -> Result<BTreeSet<String>> {
+pub(crate) fn tree(dir: &Path) -> Result<BTreeSet<String>> {
     let out = run(Command::new("find").arg(".").arg("-mindepth").arg("1").current_dir(dir))?;
     Ok(String::from_utf8_lossy(&out.stdout).lines().map(str::to_owned).collect())
 }
 
 /// Free bytes of the filesystem at `p` (its root-reserved blocks are set to 0).
-fn free_bytes(p: &Path) -> Result<u64> {
+pub(crate) fn free_bytes(p: &Path) -> Result<u64> {
     let s = rustix::fs::statvfs(p)?;
     Ok(s.f_bavail * s.f_frsize)
 }
@@ -47,7 +47,7 @@ fn free_bytes(p: &Path) -> Result<u64> {
 /// Leave about `keep` bytes free on the filesystem at `mnt` (within 256 KiB):
 /// preallocated files `filler-N`, halving a request the filesystem refuses
 /// (it keeps some space back for its metadata).
-fn fill(mnt: &Path, keep: u64) -> Result<()> {
+pub(crate) fn fill(mnt: &Path, keep: u64) -> Result<()> {
     let mut n = 0;
     let mut len = free_bytes(mnt)?.saturating_sub(keep);
     while len >= 64 << 10 {
@@ -65,7 +65,7 @@ fn fill(mnt: &Path, keep: u64) -> Result<()> {
     Ok(())
 }
 
-fn unfill(mnt: &Path) -> Result<()> {
+pub(crate) fn unfill(mnt: &Path) -> Result<()> {
     for e in fs::read_dir(mnt)? {
         let e = e?;
         if e.file_name().to_string_lossy().starts_with("filler-") {
@@ -76,12 +76,12 @@ fn unfill(mnt: &Path) -> Result<()> {
 }
 
 #[derive(Clone, Copy, PartialEq, Debug)]
-enum Op {
+pub(crate) enum Op {
     Pull,
     Stage,
 }
 
-fn op_args(op: Op) -> Vec<String> {
+pub(crate) fn op_args(op: Op) -> Vec<String> {
     let r = format!("{REPO}:v2");
     match op {
         Op::Pull => vec!["image".into(), "pull".into(), format!("containers-storage:{r}")],
@@ -89,10 +89,11 @@ fn op_args(op: Op) -> Vec<String> {
     }
 }
 
-fn diskfull_pull_and_stage(ctx: &Ctx) -> Result<()> {
-    let started = std::time::Instant::now();
-    let td = tempfile::Builder::new().prefix("bootc-diskfull.").tempdir_in("/var/tmp")?;
-    let work = td.path();
+/// v1 (the example image) installed with systemd-boot on `work/base.img`,
+/// with no root-reserved blocks (bootc, as root, sees exactly what statvfs
+/// says is available); v2 adds a 32 MiB incompressible layer. Returns the
+/// disk and its ESP and root partition numbers.
+pub(crate) fn fixture(ctx: &Ctx, work: &Path) -> Result<(std::path::PathBuf, u32, u32)> {
     run(Command::new("podman").args(["tag", "localhost/bootc-example:latest", &format!("{REPO}:v1")]))?;
     let cf = work.join("Containerfile");
     fs::write(
@@ -110,34 +111,81 @@ fn diskfull_pull_and_stage(ctx: &Ctx) -> Result<()> {
     fs::File::create(&base)?.set_len(4 << 30)?;
     crate::lifecycle::install_to_disk(ctx, &format!("{REPO}:v1"), "systemd", &[], &base)?;
     let (esp_n, root_n) = layout(&base)?;
-    {
-        // No root-reserved blocks: bootc (root) sees exactly what statvfs says is available.
-        let lo = Lo::attach(&base, false)?;
-        run(Command::new("tune2fs").args(["-m", "0"]).arg(lo.part(root_n)?))?;
+    let lo = Lo::attach(&base, false)?;
+    run(Command::new("tune2fs").args(["-m", "0"]).arg(lo.part(root_n)?))?;
+    Ok((base, esp_n, root_n))
+}
+
+/// After a failed `op` (space or the disk back): nothing partial, still
+/// bootable, store clean; then the same operation succeeds.
+pub(crate) fn check_after_failure(
+    ctx: &Ctx,
+    mnt: &Path,
+    esp: &Path,
+    op: Op,
+    v1: &str,
+    objects_before: &BTreeSet<String>,
+    what: &str,
+) -> Result<()> {
+    for d in ["state", "composefs"] {
+        let left: Vec<String> = tree(&mnt.join(d))?
+            .into_iter()
+            .filter(|p| p.rsplit('/').next().is_some_and(|n| n.starts_with(".tmp") || n.ends_with(".tmp")))
+            .collect();
+        ensure!(left.is_empty(), "{what}: partial files left in {d}: {left:?}");
     }
+    ensure!(!mnt.join("state/staged.json").exists(), "{what}: a staged record is left");
+    ctx.bootc.ok(mnt, &["status", "--format", "json"]).with_context(|| format!("{what}: status"))?;
+    ensure!(default_deployment(mnt)?.as_deref() == Some(v1), "{what}: default changed");
+    assert_whole(mnt, v1).with_context(|| what.to_owned())?;
+    ensure!(esp_default(esp)? == v1, "{what}: ESP default changed");
+    ctx.bootc.ok(mnt, &["image", "fsck"]).with_context(|| format!("{what}: image fsck"))?;
+    if op == Op::Pull {
+        ctx.bootc.ok(mnt, &["image", "gc"])?;
+        let after = tree(&mnt.join("composefs/objects"))?;
+        let extra: Vec<&String> = after.difference(objects_before).collect();
+        ensure!(extra.is_empty(), "{what}: objects left after gc: {extra:?}");
+    }
+    ctx.bootc
+        .ok(mnt, &op_args(op).iter().map(String::as_str).collect::<Vec<_>>())
+        .with_context(|| format!("{what}: retry"))?;
+    if op == Op::Stage {
+        ensure!(default_deployment(mnt)?.as_deref() != Some(v1), "{what}: retry did not switch");
+    }
+    ctx.bootc.ok(mnt, &["image", "fsck"])?;
+    Ok(())
+}
+
+/// The space `op` takes on a copy of `base` when it succeeds, and the v1 deployment.
+pub(crate) fn measure(ctx: &Ctx, base: &Path, case: &Path, mnt: &Path, root_n: u32, op: Op) -> Result<(u64, String)> {
+    run(Command::new("cp").arg("--sparse=always").arg(base).arg(case))?;
+    let lo = Lo::attach(case, false)?;
+    let m = Mnt::mount(&lo.part(root_n)?, mnt)?;
+    if op == Op::Stage {
+        ctx.bootc.ok(mnt, &op_args(Op::Pull).iter().map(String::as_str).collect::<Vec<_>>())?;
+    }
+    let v1 = default_deployment(mnt)?.context("no default deployment")?;
+    run(Command::new("sync").arg("-f").arg(mnt))?;
+    let before = free_bytes(mnt)?;
+    ctx.bootc.ok(mnt, &op_args(op).iter().map(String::as_str).collect::<Vec<_>>())?;
+    run(Command::new("sync").arg("-f").arg(mnt))?;
+    let need = before.saturating_sub(free_bytes(mnt)?);
+    m.unmount()?;
+    ensure!(need > 0, "{op:?} took no space");
+    Ok((need, v1))
+}
+
+fn diskfull_pull_and_stage(ctx: &Ctx) -> Result<()> {
+    let started = std::time::Instant::now();
+    let td = tempfile::Builder::new().prefix("bootc-diskfull.").tempdir_in("/var/tmp")?;
+    let work = td.path();
+    let (base, esp_n, root_n) = fixture(ctx, work)?;
     let case = work.join("case.img");
     let mnt = work.join("mnt");
     let mut cases = 0;
     let mut figures = Vec::new();
     for op in [Op::Pull, Op::Stage] {
-        // The space the operation takes, on an unfilled copy.
-        run(Command::new("cp").arg("--sparse=always").arg(&base).arg(&case))?;
-        let (need, v1) = {
-            let lo = Lo::attach(&case, false)?;
-            let m = Mnt::mount(&lo.part(root_n)?, &mnt)?;
-            if op == Op::Stage {
-                ctx.bootc.ok(&mnt, &op_args(Op::Pull).iter().map(String::as_str).collect::<Vec<_>>())?;
-            }
-            let v1 = default_deployment(&mnt)?.context("no default deployment")?;
-            run(Command::new("sync").arg("-f").arg(&mnt))?;
-            let before = free_bytes(&mnt)?;
-            ctx.bootc.ok(&mnt, &op_args(op).iter().map(String::as_str).collect::<Vec<_>>())?;
-            run(Command::new("sync").arg("-f").arg(&mnt))?;
-            let need = before.saturating_sub(free_bytes(&mnt)?);
-            m.unmount()?;
-            (need, v1)
-        };
-        ensure!(need > 0, "{op:?} took no space");
+        let (need, v1) = measure(ctx, &base, &case, &mnt, root_n, op)?;
         for quarter in 1..=3u64 {
             let keep = need * quarter / 4;
             run(Command::new("cp").arg("--sparse=always").arg(&base).arg(&case))?;
@@ -161,35 +209,7 @@ fn diskfull_pull_and_stage(ctx: &Ctx) -> Result<()> {
             ensure!(line.contains('/'), "{what}: error names no path: {line}");
             figures.push(format!("{what}: {line}"));
             unfill(&mnt)?;
-            // Nothing partial left.
-            for d in ["state", "composefs"] {
-                let left: Vec<String> = tree(&mnt.join(d))?
-                    .into_iter()
-                    .filter(|p| p.rsplit('/').next().is_some_and(|n| n.starts_with(".tmp") || n.ends_with(".tmp")))
-                    .collect();
-                ensure!(left.is_empty(), "{what}: partial files left in {d}: {left:?}");
-            }
-            ensure!(!mnt.join("state/staged.json").exists(), "{what}: a staged record is left");
-            // Still bootable, store clean.
-            ctx.bootc.ok(&mnt, &["status", "--format", "json"]).with_context(|| format!("{what}: status"))?;
-            ensure!(default_deployment(&mnt)?.as_deref() == Some(v1.as_str()), "{what}: default changed");
-            assert_whole(&mnt, &v1).with_context(|| what.clone())?;
-            ensure!(esp_default(&lo.part(esp_n)?)? == v1, "{what}: ESP default changed");
-            ctx.bootc.ok(&mnt, &["image", "fsck"]).with_context(|| format!("{what}: image fsck"))?;
-            if op == Op::Pull {
-                ctx.bootc.ok(&mnt, &["image", "gc"])?;
-                let after = tree(&mnt.join("composefs/objects"))?;
-                let extra: Vec<&String> = after.difference(&objects_before).collect();
-                ensure!(extra.is_empty(), "{what}: objects left after gc: {extra:?}");
-            }
-            // With space again, the operation succeeds.
-            ctx.bootc
-                .ok(&mnt, &op_args(op).iter().map(String::as_str).collect::<Vec<_>>())
-                .with_context(|| format!("{what}: retry with space"))?;
-            if op == Op::Stage {
-                ensure!(default_deployment(&mnt)?.as_deref() != Some(v1.as_str()), "{what}: retry did not switch");
-            }
-            ctx.bootc.ok(&mnt, &["image", "fsck"])?;
+            check_after_failure(ctx, &mnt, &lo.part(esp_n)?, op, &v1, &objects_before, &what)?;
             m.unmount()?;
             drop(lo);
             cases += 1;

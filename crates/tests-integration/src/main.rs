@@ -6,6 +6,7 @@
 mod boot;
 mod deps;
 mod diskfull;
+mod diskfull_eio;
 mod hostile;
 mod lifecycle;
 mod powercut;
@@ -44,6 +45,7 @@ fn main() -> Result<()> {
         .chain(signed::TESTS)
         .chain(powercut::TESTS)
         .chain(diskfull::TESTS)
+        .chain(diskfull_eio::TESTS)
         .chain(powercut::LONG)
         .copied()
         .collect();
