@@ -4,7 +4,7 @@
 #   scripts/reliability.sh fast   the layers also in the README test command:
 #                                 SIGKILL at every crash point (ESP, offline
 #                                 lifecycle), a sample of flush states on ext4
-#                                 (powercut_ext4_sampled), disk full (diskfull_*)
+#                                 (powercut_ext4_sampled), disk full and EIO (diskfull_*)
 #   scripts/reliability.sh long   every recorded flush state on ext4 and xfs
 #                                 (powercut_all_flushes_{ext4,xfs}), 30-60 min
 #   scripts/reliability.sh all    both (default)
@@ -27,7 +27,9 @@ if [[ $tier == fast || $tier == all ]]; then
   t cargo test --release -p bootc-boot --test esp_crash -- --nocapture
   t cargo test --release -p bootc-lib --test offline_crash -- --nocapture
   t cargo test --release -p bootc-logreplay
-  t cargo test --release -p bootc-tests-integration -- --test-threads=1 --nocapture powercut_ext4_sampled diskfull
+  t cargo test --release -p bootc-tests-integration -- --test-threads=1 --nocapture powercut_ext4_sampled diskfull_pull_and_stage
+  # EIO: ignored in the README test command while a known bug makes it fail (RELIABILITY.md).
+  t cargo test --release -p bootc-tests-integration -- --test-threads=1 --nocapture --ignored diskfull_eio
 fi
 if [[ $tier == long || $tier == all ]]; then
   t cargo test --release -p bootc-tests-integration -- --test-threads=1 --nocapture --ignored powercut_all_flushes

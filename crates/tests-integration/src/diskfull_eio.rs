@@ -22,7 +22,10 @@ use crate::diskfull::{Op, check_after_failure, fill, fixture, measure, op_args, 
 use crate::powercut::{Lo, Mnt};
 use crate::{Ctx, TestFn};
 
-pub const TESTS: &[(&str, TestFn)] = &[("diskfull_eio_pull_and_stage", diskfull_eio_pull_and_stage)];
+/// Ignored in the README test command while it fails (a pull hit by EIO
+/// leaves a corrupt object in the store, see RELIABILITY.md); run by
+/// `scripts/reliability.sh fast` with `--ignored`.
+pub const KNOWN_BUG: &[(&str, TestFn)] = &[("diskfull_eio_pull_and_stage", diskfull_eio_pull_and_stage)];
 
 /// The physical extents of `file` as (logical byte, physical byte, length).
 fn extents(file: &Path) -> Result<Vec<(u64, u64, u64)>> {
@@ -58,6 +61,7 @@ fn diskfull_eio_pull_and_stage(ctx: &Ctx) -> Result<()> {
     let mnt = work.join("mnt");
     let mut cases = 0;
     let mut figures = Vec::new();
+    let mut failures: Vec<String> = Vec::new();
     for op in [Op::Pull, Op::Stage] {
         let (need, v1) = measure(ctx, &base, &case, &mnt, root_n, op)?;
         for quarter in [1u64, 3] {
@@ -106,7 +110,20 @@ fn diskfull_eio_pull_and_stage(ctx: &Ctx) -> Result<()> {
             let lo = Lo::attach(&case, false)?;
             let m = Mnt::mount(&lo.part(root_n)?, &mnt)?;
             unfill(&mnt)?;
-            check_after_failure(ctx, &mnt, &lo.part(esp_n)?, op, &v1, &objects_before, &what)?;
+            if let Err(e) = check_after_failure(ctx, &mnt, &lo.part(esp_n)?, op, &v1, &objects_before, &what) {
+                // Does a retry with a good disk repair it?
+                let retry = ctx
+                    .bootc
+                    .ok(&mnt, &op_args(op).iter().map(String::as_str).collect::<Vec<_>>())
+                    .and_then(|_| ctx.bootc.ok(&mnt, &["image", "fsck"]));
+                failures.push(format!(
+                    "{e:#}\n  then a retry and image fsck: {}",
+                    match retry {
+                        Ok(_) => "pass".to_owned(),
+                        Err(e) => format!("{e:#}"),
+                    }
+                ));
+            }
             m.unmount()?;
             drop(lo);
             cases += 1;
@@ -115,6 +132,11 @@ fn diskfull_eio_pull_and_stage(ctx: &Ctx) -> Result<()> {
     for f in &figures {
         println!("  {f}");
     }
-    println!("diskfull: {cases} EIO cases (pull and stage), {:?}", started.elapsed());
+    println!(
+        "diskfull: {cases} EIO cases (pull and stage), {} failed, {:?}",
+        failures.len(),
+        started.elapsed()
+    );
+    ensure!(failures.is_empty(), "{}", failures.join("\n"));
     Ok(())
 }

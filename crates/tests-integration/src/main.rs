@@ -45,7 +45,7 @@ fn main() -> Result<()> {
         .chain(signed::TESTS)
         .chain(powercut::TESTS)
         .chain(diskfull::TESTS)
-        .chain(diskfull_eio::TESTS)
+        .chain(diskfull_eio::KNOWN_BUG)
         .chain(powercut::LONG)
         .copied()
         .collect();
@@ -64,8 +64,15 @@ fn main() -> Result<()> {
                 Some(ctx) => f(&ctx).map_err(|e| format!("{e:#}").into()),
                 None => Err("these tests need root".into()),
             })
-            // The long reliability sweeps run only with --ignored (scripts/reliability.sh).
-            .with_ignored_flag(!root || powercut::LONG.iter().any(|(n, _)| *n == name))
+            // The long reliability sweeps and a test of a known bug run only
+            // with --ignored (scripts/reliability.sh).
+            .with_ignored_flag(
+                !root
+                    || powercut::LONG
+                        .iter()
+                        .chain(diskfull_eio::KNOWN_BUG)
+                        .any(|(n, _)| *n == name),
+            )
         })
         .collect();
     let conclusion = libtest_mimic::run(&args, trials);
