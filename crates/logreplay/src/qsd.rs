@@ -126,6 +126,14 @@ impl Export {
         let Some(mut child) = self.child.take() else {
             return Ok(());
         };
+        if let Some(st) = child.try_wait()? {
+            // It died under its users: requests to the export failed with EIO.
+            bail!(
+                "qemu-storage-daemon exporting {} exited by itself ({st}): {}",
+                self.path.display(),
+                std::fs::read_to_string(&self.stderr).unwrap_or_default().trim()
+            );
+        }
         let pid = rustix::process::Pid::from_child(&child);
         let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
         let deadline = Instant::now() + Duration::from_secs(20);
