@@ -128,6 +128,9 @@ impl Export {
         };
         if let Some(st) = child.try_wait()? {
             // It died under its users: requests to the export failed with EIO.
+            if is_mounted(&self.path)? {
+                let _ = Command::new("umount").arg("-l").arg(&self.path).status();
+            }
             bail!(
                 "qemu-storage-daemon exporting {} exited by itself ({st}): {}",
                 self.path.display(),
