@@ -469,9 +469,10 @@ fn check_state(
     ctx.bootc.ok(&mnt, &["image", "fsck"]).context("image fsck")?;
     m.unmount()?;
     let (clean, text) = fsck_clean(fs, &root)?;
-    ensure!(clean, "{fs} fsck after journal replay: {text}");
     drop(lo);
+    // First: a daemon that died makes every later check fail with EIO.
     exp.stop()?;
+    ensure!(clean, "{fs} fsck after journal replay: {text}");
     fs::remove_file(&ovl)?;
     eprintln!("ok: {what}");
     Ok(())
