@@ -5,7 +5,8 @@
 //! (found with `filefrag`), so the operation's new data lands there; the
 //! disk is then exported by qemu-storage-daemon through `blkdebug`, every
 //! write touching one of a row of sectors from a chosen point of the hole
-//! on (1/4 and 3/4 of the operation's size) failing with EIO, and attached
+//! on (1/4 and 3/4 of a pull's size; the start of the hole and 1/8 of a
+//! stage's size) failing with EIO, and attached
 //! to a loop device. After bootc fails, the disk is attached again without
 //! the bad sectors (as a drive that remapped them) and checked as after a
 //! disk-full failure: nothing partial, still bootable, store clean, and
@@ -90,7 +91,13 @@ fn diskfull_eio_pull_and_stage(ctx: &Ctx) -> Result<()> {
             };
             // Bad sectors from the chosen point to the end of the hole, every
             // 16 KiB (at most 2048 of them): small files land anywhere in it.
-            let from = at + need * quarter / 4;
+            // A stage's measured need is mostly metadata outside the hole
+            // (inodes, directories): its data is small, so its points are
+            // the start of the hole and 1/8 of the need.
+            let from = match op {
+                Op::Pull => at + need * quarter / 4,
+                Op::Stage => at + need * (quarter - 1) / 16,
+            };
             let step = ((at + hole - from) / 2048).max(16 << 10).next_multiple_of(4096);
             let sectors: Vec<u64> = (from..at + hole).step_by(step as usize).map(|b| b / 512).collect();
             let what = format!("{op:?} needing {need} bytes, EIO from byte {} of a {hole}-byte hole", from - at);
