@@ -364,6 +364,8 @@ fn sweep(ctx: &Ctx, fs: &str, bootloader: &str, sample: Option<usize>, subsets_e
     let statef = fs::OpenOptions::new().write(true).open(&state)?;
     let mut applied = 0;
     let mut fig = Figures::default();
+    // Every state is checked; the failures are listed at the end.
+    let mut failures: Vec<String> = Vec::new();
     for (i, &f) in chosen.iter().enumerate() {
         log.apply_range(applied..f + 1, &statef)?;
         applied = f + 1;
@@ -371,8 +373,10 @@ fn sweep(ctx: &Ctx, fs: &str, bootloader: &str, sample: Option<usize>, subsets_e
         let k = step_of(&bounds, f);
         let allowed = [defaults[k].clone(), defaults[k + 1].clone()];
         let what = format!("{fs} flush {f} (step {k} {:?})", steps()[k]);
-        check_state(ctx, fs, bootloader, work, &state, &log, &[], (esp_n, root_n), &allowed, &what, true, &mut fig)
-            .with_context(|| what.clone())?;
+        if let Err(e) = check_state(ctx, fs, bootloader, work, &state, &log, &[], (esp_n, root_n), &allowed, &what, true, &mut fig) {
+            eprintln!("FAILED: {what}: {e:#}");
+            failures.push(format!("{what}: {e:#}"));
+        }
         fig.flush_states += 1;
         if i % subsets_every == 0 {
             let s = log.subset(f, rng.next_u64());
@@ -380,8 +384,10 @@ fn sweep(ctx: &Ctx, fs: &str, bootloader: &str, sample: Option<usize>, subsets_e
             let mut allowed = allowed.to_vec();
             allowed.push(defaults[k2 + 1].clone());
             let what = format!("{what} + subset {s:?}");
-            check_state(ctx, fs, bootloader, work, &state, &log, &s, (esp_n, root_n), &allowed, &what, false, &mut fig)
-                .with_context(|| what.clone())?;
+            if let Err(e) = check_state(ctx, fs, bootloader, work, &state, &log, &s, (esp_n, root_n), &allowed, &what, false, &mut fig) {
+                eprintln!("FAILED: {what}: {e:#}");
+                failures.push(format!("{what}: {e:#}"));
+            }
             fig.subset_states += 1;
         }
     }
@@ -394,6 +400,8 @@ fn sweep(ctx: &Ctx, fs: &str, bootloader: &str, sample: Option<usize>, subsets_e
         fig.unreplayed_root_dirty,
         started.elapsed()
     );
+    println!("powercut {fs} {bootloader}: {} states failed", failures.len());
+    ensure!(failures.is_empty(), "{} states failed:\n{}", failures.len(), failures.join("\n"));
     Ok(())
 }
 
