@@ -5,8 +5,9 @@
 #                                 SIGKILL at every crash point (ESP, offline
 #                                 lifecycle), a sample of flush states on ext4
 #                                 (powercut_ext4_sampled), disk full and EIO (diskfull_*)
-#   scripts/reliability.sh long   every recorded flush state on ext4 and xfs
-#                                 (powercut_all_flushes_{ext4,xfs}), 30-60 min
+#   scripts/reliability.sh long   every recorded flush state on ext4 and xfs (systemd-boot)
+#                                 and ext4 with GRUB (powercut_all_flushes_*)
+#                                 45 min to 2 h on 2 cores; BOOTC_POWERCUT_STRIDE=K for every K-th flush
 #   scripts/reliability.sh all    both (default)
 #
 # Each test prints its figures (points crashed, flush and reordered states
@@ -35,5 +36,5 @@ if [[ $tier == long || $tier == all ]]; then
   t cargo test --release -p bootc-tests-integration -- --test-threads=1 --nocapture --ignored powercut_all_flushes
 fi
 echo "== figures"
-grep -E '^(crash test|crash points:|powercut .*checked|diskfull:|esp crash)' "$log" | sed 's/^/  /' || true
+grep -E '^(crash test|powercut .*(checked|failed)|diskfull:|crashed at|FAILED:)' "$log" | sed 's/^/  /' || true
 grep -E '^test result|tests?: .* passed' "$log" | sed 's/^/  /' || true
