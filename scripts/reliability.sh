@@ -22,7 +22,9 @@ log=${BOOTC_RELIABILITY_LOG:-/var/tmp/bootc-reliability.log}
 bash scripts/deps.sh
 podman image exists localhost/bootc-example:latest || bash examples/build.sh
 : >"$log"
-t() { echo "+ $*" | tee -a "$log"; "$@" 2>&1 | tee -a "$log"; }
+failed=0
+# Run a test command, log it, go on after a failure (counted for the exit status).
+t() { echo "+ $*" | tee -a "$log"; "$@" 2>&1 | tee -a "$log" || { failed=$((failed + 1)); echo "FAILED: $*" | tee -a "$log"; }; }
 cargo build --release -p bootc
 if [[ $tier == fast || $tier == all ]]; then
   t cargo test --release -p bootc-boot --test esp_crash -- --nocapture
@@ -38,3 +40,5 @@ fi
 echo "== figures"
 grep -E '^(crash test|powercut .*(checked|failed)|diskfull:|crashed at|FAILED:)' "$log" | sed 's/^/  /' || true
 grep -E '^test result|tests?: .* passed' "$log" | sed 's/^/  /' || true
+echo "== $failed test commands failed"
+exit $((failed > 0))
