@@ -332,21 +332,31 @@ pub fn write_deployment(sysroot: &Path, tree: &ImageTree, dep: &Deployment) -> R
             .with_context(|| format!("Removing stale {}", tmp.display()))?;
     }
     std::fs::create_dir(&tmp).with_context(|| format!("Creating {}", tmp.display()))?;
+    if let Err(e) = fill_deployment_dir(&tmp, tree, dep) {
+        // A failed attempt (disk full, I/O error) leaves nothing behind.
+        let _ = std::fs::remove_dir_all(&tmp);
+        return Err(e);
+    }
+    std::fs::rename(&tmp, &final_dir)
+        .with_context(|| format!("Renaming {} to {}", tmp.display(), final_dir.display()))?;
+    crate::fsync_dir(&parent)?;
+    Ok(())
+}
+
+/// /etc and the record of `dep` in the new directory `tmp`, synced.
+fn fill_deployment_dir(tmp: &Path, tree: &ImageTree, dep: &Deployment) -> Result<()> {
     let etc = tmp.join("etc");
     match tree.open_dir("etc")? {
         Some(fd) => crate::copy::copy_dir_fd(&fd, &etc)
             .with_context(|| format!("Copying /etc of image {}", tree.name()))?,
         None => std::fs::create_dir(&etc).with_context(|| format!("Creating {}", etc.display()))?,
     }
-    let d = Dir::open_ambient_dir(&tmp, ambient_authority())
+    let d = Dir::open_ambient_dir(tmp, ambient_authority())
         .with_context(|| format!("Opening {}", tmp.display()))?;
     d.atomic_write(DEPLOYMENT_JSON, dep.to_json())
         .with_context(|| format!("Writing {}/{DEPLOYMENT_JSON}", tmp.display()))?;
-    let fd = crate::copy::open_dir(rustix::fs::CWD, &tmp)?;
+    let fd = crate::copy::open_dir(rustix::fs::CWD, tmp)?;
     rustix::fs::syncfs(&fd).context("Syncing the sysroot")?;
-    std::fs::rename(&tmp, &final_dir)
-        .with_context(|| format!("Renaming {} to {}", tmp.display(), final_dir.display()))?;
-    crate::fsync_dir(&parent)?;
     Ok(())
 }
 

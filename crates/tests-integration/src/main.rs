@@ -5,9 +5,12 @@
 
 mod boot;
 mod deps;
+mod diskfull;
+mod diskfull_eio;
 mod hostile;
 mod guest;
 mod lifecycle;
+mod powercut;
 mod pull;
 mod signed;
 mod unattended;
@@ -42,6 +45,10 @@ fn main() -> Result<()> {
         .chain(deps::TESTS)
         .chain(signed::TESTS)
         .chain(guest::TESTS)
+        .chain(powercut::TESTS)
+        .chain(diskfull::TESTS)
+        .chain(diskfull_eio::KNOWN_BUG)
+        .chain(powercut::LONG)
         .copied()
         .collect();
     let ctx = if root && !args.list {
@@ -59,7 +66,15 @@ fn main() -> Result<()> {
                 Some(ctx) => f(&ctx).map_err(|e| format!("{e:#}").into()),
                 None => Err("these tests need root".into()),
             })
-            .with_ignored_flag(!root)
+            // The long reliability sweeps and a test of a known bug run only
+            // with --ignored (scripts/reliability.sh).
+            .with_ignored_flag(
+                !root
+                    || powercut::LONG
+                        .iter()
+                        .chain(diskfull_eio::KNOWN_BUG)
+                        .any(|(n, _)| *n == name),
+            )
         })
         .collect();
     let conclusion = libtest_mimic::run(&args, trials);
