@@ -36,9 +36,13 @@
 //! - **Hard links** share the leaf they link to (as it is when the link
 //!   entry is read), which must be a non-directory already in the tree.
 //! - **Extended attributes** are kept, every namespace (`user.`,
-//!   `security.`, `trusted.`). Names under `trusted.overlay.` are stored
-//!   escaped (`trusted.overlay.overlay.`) by the EROFS writer, so overlayfs
-//!   shows them under their own names instead of acting on them.
+//!   `security.`, `trusted.`), except names under `trusted.overlay.`:
+//!   that is overlayfs' own namespace (composefs itself marks its files
+//!   with `trusted.overlay.metacopy` and `.redirect`), podman's overlay
+//!   mounts never show such names from a layer, and an image that carries
+//!   them has most likely captured them from a build host's overlay.
+//!   (composefs would store them escaped, as `trusted.overlay.overlay.*`,
+//!   so keeping them would be safe, but would differ from podman.)
 //! - Modes keep their permission bits, setuid, setgid and sticky (the type
 //!   comes from the entry type).
 //!
@@ -69,6 +73,8 @@ pub(crate) struct LayerToApply {
 
 /// The whiteout prefix of the OCI layer format (and of AUFS before it).
 const WHITEOUT_PREFIX: &[u8] = b".wh.";
+/// overlayfs' private xattr namespace, dropped from layers.
+const OVERLAY_XATTR_PREFIX: &[u8] = b"trusted.overlay.";
 /// The name that makes its directory opaque.
 const OPAQUE_MARKER: &[u8] = b".wh..wh..opq";
 
@@ -260,6 +266,8 @@ fn apply_entry(fs: &mut FileSystem<ObjectId>, entry: TarEntry<ObjectId>) -> Resu
     // The type comes from the entry type; keep permissions and
     // setuid/setgid/sticky only.
     stat.st_mode &= 0o7777;
+    stat.xattrs
+        .retain(|name, _| !name.as_bytes().starts_with(OVERLAY_XATTR_PREFIX));
     let parts = components(&path)?;
     let Some((name, parents)) = parts.split_last() else {
         // The root directory: container runtimes ignore its entry; its
