@@ -5,6 +5,7 @@
 
 mod boot;
 mod deps;
+mod fidelity;
 mod hostile;
 mod lifecycle;
 mod pull;
@@ -40,6 +41,7 @@ fn main() -> Result<()> {
         .chain(hostile::TESTS)
         .chain(deps::TESTS)
         .chain(signed::TESTS)
+        .chain(fidelity::TESTS)
         .copied()
         .collect();
     let ctx = if root && !args.list {
