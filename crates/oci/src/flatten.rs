@@ -478,7 +478,7 @@ mod tests {
             file("/usr/.wh.b", b""),
         ];
         let t = check(vec![lower, upper]).unwrap();
-        assert_eq!(t, ["/usr d755", "/usr/a 644 2 #2"]);
+        assert_eq!(t, ["/usr d755", "/usr/a 644 2 #0"]);
     }
 
     #[test]
@@ -490,7 +490,7 @@ mod tests {
         ];
         let upper = vec![file("/usr/d/new", b"2"), file("/usr/d/.wh..wh..opq", b"")];
         let t = check(vec![lower, upper]).unwrap();
-        assert_eq!(t, ["/usr d755", "/usr/d d755", "/usr/d/new 644 2 #1"]);
+        assert_eq!(t, ["/usr d755", "/usr/d d755", "/usr/d/new 644 2 #0"]);
     }
 
     #[test]

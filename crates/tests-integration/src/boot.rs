@@ -36,9 +36,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{Context, Result, bail, ensure};
 use bootc_tests_integration::run;
-use bootc_tests_integration::vm::{self, partitions, Firmware, Run, RunEnd, Vm, STATUS_END};
+use bootc_tests_integration::vm::{self, Firmware, Run, RunEnd, STATUS_END, Vm, partitions};
 use serde_json::Value;
 
 use crate::{Ctx, TestFn};

@@ -34,7 +34,10 @@ use crate::{Ctx, TestFn};
 /// The tests of this module.
 pub const TESTS: &[(&str, TestFn)] = &[
     ("fidelity_corpus_matches_podman", corpus_matches_podman),
-    ("fidelity_example_image_matches_podman", example_image_matches_podman),
+    (
+        "fidelity_example_image_matches_podman",
+        example_image_matches_podman,
+    ),
 ];
 
 /// The corpus generator and tree snapshotter.
@@ -54,7 +57,10 @@ enum Deviation {
     /// layer has a file and, after it, a whiteout for it. The spec says a
     /// whiteout hides only lower layers' files, so we keep the file; the
     /// listed paths must be present and absent as given.
-    PodmanRefuses { present: &'static [&'static str], absent: &'static [&'static str] },
+    PodmanRefuses {
+        present: &'static [&'static str],
+        absent: &'static [&'static str],
+    },
 }
 
 use Deviation::{MtimeOf, PodmanRefuses};
@@ -85,7 +91,10 @@ const CASES: &[(&str, &[Deviation])] = &[
 type Snapshot = BTreeMap<String, Value>;
 
 fn snapshot(root: &Path) -> Result<Snapshot> {
-    let out = run(Command::new("python3").arg(SCRIPT).arg("snapshot").arg(root))?;
+    let out = run(Command::new("python3")
+        .arg(SCRIPT)
+        .arg("snapshot")
+        .arg(root))?;
     let mut snap = Snapshot::new();
     for line in String::from_utf8(out.stdout)?.lines() {
         let mut v: Value = serde_json::from_str(line)?;
@@ -151,7 +160,8 @@ fn bootc_snapshot(ctx: &Ctx, imgref: &str) -> Result<(Snapshot, String)> {
         .to_owned();
     let mnt = tempfile::tempdir()?;
     let target = mnt.path().to_str().context("utf-8 mount point")?;
-    ctx.bootc.ok(sysroot.path(), &["image", "mount", imgref, target])?;
+    ctx.bootc
+        .ok(sysroot.path(), &["image", "mount", imgref, target])?;
     let snap = snapshot(mnt.path());
     run(Command::new("umount").arg(mnt.path()))?;
     Ok((snap?, id))
@@ -165,11 +175,17 @@ struct Corpus {
 impl Corpus {
     fn build() -> Result<Self> {
         let dir = tempfile::tempdir()?;
-        let out = run(Command::new("python3").arg(SCRIPT).arg("layouts").arg(dir.path()))?;
+        let out = run(Command::new("python3")
+            .arg(SCRIPT)
+            .arg("layouts")
+            .arg(dir.path()))?;
         let built = String::from_utf8(out.stdout)?;
         let built: BTreeSet<&str> = built.lines().collect();
         let listed: BTreeSet<&str> = CASES.iter().map(|(c, _)| *c).collect();
-        ensure!(built == listed, "cases built {built:?} but listed {listed:?}");
+        ensure!(
+            built == listed,
+            "cases built {built:?} but listed {listed:?}"
+        );
         Ok(Corpus { dir })
     }
 
@@ -215,7 +231,12 @@ fn check_case(ctx: &Ctx, corpus: &Corpus, case: &str, deviations: &[Deviation]) 
 
     // The archive and the registry copy.
     let archive = corpus.dir.path().join(format!("{case}.tar"));
-    run(Command::new("tar").arg("-cf").arg(&archive).arg("-C").arg(&layout).arg("."))?;
+    run(Command::new("tar")
+        .arg("-cf")
+        .arg(&archive)
+        .arg("-C")
+        .arg(&layout)
+        .arg("."))?;
     let registry_ref = format!("{}/fidelity-{case}:latest", ctx.registry.addr);
     if for_podman != layout {
         run(Command::new("python3")
@@ -266,7 +287,9 @@ fn check_case(ctx: &Ctx, corpus: &Corpus, case: &str, deviations: &[Deviation]) 
     }
     let distinct: BTreeSet<&String> = ids.values().collect();
     if distinct.len() > 1 {
-        failures.push(format!("the transports give different composefs images: {ids:?}"));
+        failures.push(format!(
+            "the transports give different composefs images: {ids:?}"
+        ));
     }
     if podman.is_some() {
         run(Command::new("podman").args(["rmi", "--force", &name]))?;
@@ -307,13 +330,19 @@ fn corpus_matches_podman(ctx: &Ctx) -> Result<()> {
 /// (what `bootc install` reads) and, copied there, from the registry.
 fn example_image_matches_podman(ctx: &Ctx) -> Result<()> {
     let image = "localhost/bootc-example:latest";
-    let exists = Command::new("podman").args(["image", "exists", image]).status()?;
+    let exists = Command::new("podman")
+        .args(["image", "exists", image])
+        .status()?;
     if !exists.success() {
         eprintln!("{image} is not in podman's storage: skipped");
         return Ok(());
     }
     let podman = podman_snapshot(image)?;
-    ensure!(podman.len() > 1000, "{image} has only {} entries", podman.len());
+    ensure!(
+        podman.len() > 1000,
+        "{image} has only {} entries",
+        podman.len()
+    );
     let registry_ref = format!("{}/fidelity-example:latest", ctx.registry.addr);
     run(Command::new("skopeo")
         .args(["copy", "--quiet", "--dest-tls-verify=false"])

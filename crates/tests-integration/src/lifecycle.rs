@@ -58,7 +58,7 @@ use std::process::{Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{Context, Result, bail, ensure};
 use bootc_tests_integration::run;
 use bootc_tests_integration::vm::{self, Firmware, Run, Vm};
 use serde_json::Value;

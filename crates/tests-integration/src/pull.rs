@@ -5,8 +5,8 @@ use std::fs;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use anyhow::{ensure, Context, Result};
-use bootc_tests_integration::{count_objects, noise, run, ImageSpec, Layer};
+use anyhow::{Context, Result, ensure};
+use bootc_tests_integration::{ImageSpec, Layer, count_objects, noise, run};
 use serde_json::Value;
 
 use crate::{Ctx, TestFn};

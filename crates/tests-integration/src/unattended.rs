@@ -39,13 +39,13 @@ use std::process::Command;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use anyhow::{ensure, Context, Result};
+use anyhow::{Context, Result, ensure};
 use bootc_tests_integration::run;
 use bootc_tests_integration::vm::{self, Firmware, Run, Vm};
 
 use crate::lifecycle::{
-    built_from, expect_booted, expect_entry, expect_karg, install_to_disk, make_test_disk,
-    podman_digest, podman_image_id, report, write_step, Step,
+    Step, built_from, expect_booted, expect_entry, expect_karg, install_to_disk, make_test_disk,
+    podman_digest, podman_image_id, report, write_step,
 };
 use crate::{Ctx, TestFn};
 
