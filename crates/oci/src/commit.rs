@@ -71,8 +71,9 @@ pub(crate) fn is_committed(repo: &Repo, digest: &OciDigest) -> Result<bool> {
     }
 }
 
-/// The manifest to record for `raw`: itself, or for a Docker schema 2
-/// manifest its OCI form, with that form's digest.
+/// The manifest to record for `raw` (received as `digest`): itself, or
+/// for a Docker schema 2 manifest its OCI form, with the digest of what is
+/// recorded.
 pub(crate) fn oci_manifest(raw: &[u8], digest: &OciDigest) -> Result<(Vec<u8>, OciDigest)> {
     let manifest = validate::parse_manifest(raw)?;
     let docker = manifest
@@ -85,7 +86,15 @@ pub(crate) fn oci_manifest(raw: &[u8], digest: &OciDigest) -> Result<(Vec<u8>, O
             .iter()
             .any(|l| validate::oci_media_type(l.media_type()) != *l.media_type());
     if !docker {
-        return Ok((raw.to_vec(), digest.clone()));
+        // Recorded under the digest of these very bytes: skopeo's proxy
+        // may hand over a converted manifest with the original's digest.
+        let own: OciDigest = validate::sha256_digest(raw)
+            .parse()
+            .context("Formatting a manifest digest")?;
+        if own != *digest {
+            tracing::debug!("manifest {digest} as received hashes to {own}");
+        }
+        return Ok((raw.to_vec(), own));
     }
     let mut oci: ImageManifest = manifest;
     oci.set_media_type(Some(MediaType::ImageManifest));

@@ -9,8 +9,8 @@
 //! file as an object.
 //!
 //! composefs-oci 0.9.4 has its own import of containers-storage, which
-//! [`crate::pull`] still uses for the config, the manifest and the EROFS
-//! image. We import the layers ourselves first because its path costs, for
+//! [`crate::pull`] uses only without root. We import the layers ourselves
+//! (and `crate::commit` records the rest) because its path costs, for
 //! each file, two userspace SHA-256 passes and three reads of the content on
 //! a store that is on another filesystem than containers-storage (the
 //! install case): the digest of the source, a failed hardlink, a copy, then

@@ -13,16 +13,17 @@
 //!      proxy does not enforce policy.json, so the image is first copied with
 //!      `skopeo copy` (which does) into an OCI layout in the sysroot's scratch
 //!      space, and that layout is imported.
-//! 3. Fetch and check what the store lacks ourselves ([`fetch_via_proxy`],
-//!    [`fetch_from_layout`]): the manifest, config and media types are
-//!    checked ([`crate::validate`]); each missing layer is streamed into the
-//!    store while its size, digest and diff_id are computed, and its tar
-//!    entries checked; only then is it registered under its diff_id, and
-//!    the config last. Layers whose diff_id is already in the store are not
-//!    fetched again; new files are stored once (content-addressed).
-//! 4. composefs-oci's own pull then finds every layer and the config in the
-//!    store, records the manifest and builds the EROFS image. It must end at
-//!    the manifest we checked (for registries it is given the digest).
+//! 3. Fetch and check what the store lacks ourselves (`crate::fetch`,
+//!    `crate::cstor`): the manifest, config and media types are checked
+//!    ([`crate::validate`]); each missing layer is streamed into the store
+//!    while its size, digest and diff_id are computed, and its tar entries
+//!    checked; only then is it registered under its diff_id. Layers whose
+//!    diff_id is already in the store are not fetched again; new files are
+//!    stored once (content-addressed). An `oci-archive:` is first unpacked
+//!    into the sysroot's scratch space and read as a layout.
+//! 4. Record the image (`crate::commit`): the layers are flattened into one
+//!    tree (`crate::flatten`), written as the EROFS image, then the config
+//!    and the manifest are stored naming the layers and the image.
 //! 5. The tag for the reference is written last ([`Store::tag`], one symlink
 //!    rename): until then nothing of the pull is visible, and a killed pull
 //!    leaves only unreferenced objects that [`Store::gc`] reclaims.

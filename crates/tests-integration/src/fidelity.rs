@@ -38,7 +38,17 @@ pub const TESTS: &[(&str, TestFn)] = &[
         "fidelity_example_image_matches_podman",
         example_image_matches_podman,
     ),
+    (
+        "fidelity_errors_have_no_debug_text",
+        errors_have_no_debug_text,
+    ),
 ];
+
+/// Rust `Debug` output that must never reach a user.
+const DEBUG_TEXT: &[&str] = &["Leaf(", "PhantomData", "Some(", "Os {", "kind:"];
+
+/// The hostile layouts' generator (see `hostile.rs`).
+const HOSTILE_SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/src/fixtures/make_hostile.py");
 
 /// The corpus generator and tree snapshotter.
 const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/src/fixtures/make_fidelity.py");
@@ -357,6 +367,51 @@ fn example_image_matches_podman(ctx: &Ctx) -> Result<()> {
         failures.extend(diffs.iter().take(20).map(|d| format!("{imgref}: {d}")));
     }
     ensure!(ids.len() == 1, "different composefs images: {ids:?}");
+    ensure!(failures.is_empty(), "{}", failures.join("\n"));
+    Ok(())
+}
+
+/// Every refused pull of the hostile layouts (see `hostile.rs`) and of the
+/// corpus' broken variants: stderr names the image and has no Rust `Debug`
+/// text; a refusal of a tar entry names the layer digest and the entry.
+fn errors_have_no_debug_text(ctx: &Ctx) -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let out = run(Command::new("python3")
+        .arg(HOSTILE_SCRIPT)
+        .arg("layouts")
+        .arg(dir.path()))?;
+    let cases = String::from_utf8(out.stdout)?;
+    let mut refused = 0;
+    let mut failures = Vec::new();
+    for case in cases.lines() {
+        let imgref = format!("oci:{}:latest", dir.path().join(case).display());
+        let sysroot = tempfile::tempdir()?;
+        let out = ctx
+            .bootc
+            .cmd(sysroot.path())
+            .args(["image", "pull", "--quiet", &imgref])
+            .output()?;
+        if out.status.success() {
+            continue;
+        }
+        refused += 1;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        for debug in DEBUG_TEXT {
+            if stderr.contains(debug) {
+                failures.push(format!("{case}: `{debug}` in: {}", stderr.trim()));
+            }
+        }
+        if !stderr.contains(&imgref) {
+            failures.push(format!("{case}: the image is not named: {}", stderr.trim()));
+        }
+        if stderr.contains("tar entry")
+            && !stderr.contains("Applying layer")
+            && !stderr.contains("layer 2 of 2")
+        {
+            failures.push(format!("{case}: the layer is not named: {}", stderr.trim()));
+        }
+    }
+    ensure!(refused > 20, "only {refused} hostile layouts were refused");
     ensure!(failures.is_empty(), "{}", failures.join("\n"));
     Ok(())
 }
