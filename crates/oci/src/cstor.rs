@@ -9,8 +9,8 @@
 //! file as an object.
 //!
 //! composefs-oci 0.9.4 has its own import of containers-storage, which
-//! [`crate::pull`] still uses for the config, the manifest and the EROFS
-//! image. We import the layers ourselves first because its path costs, for
+//! [`crate::pull`] uses only without root. We import the layers ourselves
+//! (and `crate::commit` records the rest) because its path costs, for
 //! each file, two userspace SHA-256 passes and three reads of the content on
 //! a store that is on another filesystem than containers-storage (the
 //! install case): the digest of the source, a failed hardlink, a copy, then
@@ -50,23 +50,12 @@ use composefs_oci::{
     layer_content_id,
 };
 use composefs_storage::{Image, Layer, Storage, TarSplitFdStream, TarSplitItem};
+
+use crate::commit;
+use crate::fetch::Fetched;
 use rustix::fs::{AtFlags, CWD, Mode, linkat, mkdirat, statat};
 use rustix::io::Errno;
 use sha2::{Digest as _, Sha256};
-
-/// What [`fetch_from_containers_storage`] brought into the store.
-#[derive(Debug)]
-pub(crate) struct CstorFetched {
-    /// The containers-storage root the image was found in; the final
-    /// import must read the same one.
-    pub storage_root: PathBuf,
-    /// The digest of the image's manifest as containers-storage holds it.
-    pub manifest_digest: OciDigest,
-    /// Objects written for the layers.
-    pub stats: ImportStats,
-    /// Layers whose progress was reported (done or skipped).
-    pub reported: HashSet<String>,
-}
 
 /// Where containers-storage roots are looked for, in order: the same search
 /// as composefs-oci's, so that both find the same image.
@@ -96,9 +85,16 @@ fn storage_search_paths() -> Vec<PathBuf> {
 struct Found {
     root: PathBuf,
     storage: Storage,
+    /// The manifest in OCI form ([`commit::oci_manifest`]) and its digest.
+    manifest_raw: Vec<u8>,
     manifest_digest: OciDigest,
+    /// The config's bytes and digest.
+    config_raw: Vec<u8>,
+    config_digest: OciDigest,
     /// (storage layer id, diff_id), bottom layer first.
     layers: Vec<(String, OciDigest)>,
+    /// The blob digest of each layer as the manifest names it.
+    blob_digests: Vec<String>,
 }
 
 /// Find `image` (an id or a name) the way composefs-oci does. `None` when
@@ -146,14 +142,43 @@ fn find_image(image: &str) -> Result<Option<Found>> {
         let manifest = img
             .read_manifest_raw()
             .with_context(|| format!("Reading the manifest of {image} in {}", root.display()))?;
-        let manifest_digest = format!("sha256:{}", hex::encode(Sha256::digest(&manifest)))
-            .parse()
-            .context("Formatting the manifest digest")?;
+        let manifest_digest: OciDigest =
+            format!("sha256:{}", hex::encode(Sha256::digest(&manifest)))
+                .parse()
+                .context("Formatting the manifest digest")?;
+        let (manifest_raw, manifest_digest) = commit::oci_manifest(&manifest, &manifest_digest)
+            .with_context(|| format!("Checking the manifest of {image} in {}", root.display()))?;
+        let parsed = crate::validate::parse_manifest(&manifest_raw)?;
+        let config_digest = parsed.config().digest().clone();
+        // containers-storage keeps the config as image metadata named by
+        // the base64 of "sha256:<image id>".
+        let config_raw = img
+            .read_metadata(&base64(format!("sha256:{}", img.id()).as_bytes()))
+            .with_context(|| format!("Reading the config of {image} in {}", root.display()))?;
+        let found_config = format!("sha256:{}", hex::encode(Sha256::digest(&config_raw)));
+        ensure!(
+            found_config == config_digest.to_string(),
+            "the config of {image} in {} hashes to {found_config}, not {config_digest}",
+            root.display()
+        );
+        let blob_digests = if parsed.layers().len() == diff_ids.len() {
+            parsed
+                .layers()
+                .iter()
+                .map(|l| l.digest().to_string())
+                .collect()
+        } else {
+            diff_ids.iter().map(|d| d.to_string()).collect()
+        };
         return Ok(Some(Found {
             root,
             storage,
+            manifest_raw,
             manifest_digest,
+            config_raw,
+            config_digest,
             layers: layer_ids.into_iter().zip(diff_ids).collect(),
+            blob_digests,
         }));
     }
     Ok(None)
@@ -173,7 +198,7 @@ pub(crate) async fn fetch_from_containers_storage(
     repo: &Arc<Repo>,
     image: &str,
     progress: &SharedReporter,
-) -> Result<Option<CstorFetched>> {
+) -> Result<Option<Fetched>> {
     if !composefs_storage::can_bypass_file_permissions() {
         // Rootless: composefs-oci reads the files through a helper in a
         // user namespace.
@@ -187,35 +212,40 @@ pub(crate) async fn fetch_from_containers_storage(
             .await
             .context("Importing layers from containers-storage")??
     };
-    let Some(fetched) = found else {
+    let Some(mut fetched) = found else {
         return Ok(None);
     };
     if !imported.is_empty() {
         repo.sync_async().await.context("Syncing the store")?;
     }
-    for (diff_id, stream) in &imported {
+    for (diff_id, stream) in imported {
         // Each syncs again, with nothing left to write after the sync above.
-        repo.register_stream(stream, &layer_content_id(diff_id), None)
+        repo.register_stream(&stream, &layer_content_id(&diff_id), None)
             .await
             .with_context(|| format!("Registering layer {diff_id}"))?;
+        fetched.streams.insert(diff_id.to_string(), stream);
     }
     Ok(Some(fetched))
 }
 
 /// The blocking part of [`fetch_from_containers_storage`]: find the image
 /// and write the streams of the layers `repo` lacks, returned unnamed with
-/// their diff_ids.
+/// their diff_ids (the streams of the others are in the result).
 fn import_layers(
     repo: &Arc<Repo>,
     image: &str,
     progress: &SharedReporter,
-) -> Result<(Option<CstorFetched>, Vec<(OciDigest, ObjectId)>)> {
+) -> Result<(Option<Fetched>, Vec<(OciDigest, ObjectId)>)> {
     let Some(found) = find_image(image)? else {
         return Ok((None, Vec::new()));
     };
+    if commit::is_committed(repo, &found.manifest_digest)? {
+        let f = Fetched::nothing(found.manifest_digest, found.config_digest);
+        return Ok((Some(f), Vec::new()));
+    }
     let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mut stats = ImportStats::default();
-    let mut reported = HashSet::new();
+    let mut present = HashMap::new();
     let mut imported = Vec::new();
     with_writeback(repo, || {
         import_missing(
@@ -224,17 +254,47 @@ fn import_layers(
             workers,
             progress,
             &mut stats,
-            &mut reported,
+            &mut present,
             &mut imported,
         )
     })?;
-    let fetched = CstorFetched {
-        storage_root: found.root,
+    let fetched = Fetched {
         manifest_digest: found.manifest_digest,
+        manifest_raw: found.manifest_raw,
+        config_digest: found.config_digest,
+        config_raw: found.config_raw,
+        layers: found
+            .blob_digests
+            .into_iter()
+            .zip(found.layers.into_iter().map(|(_, d)| d))
+            .collect(),
+        streams: present,
         stats,
-        reported,
+        committed: false,
     };
     Ok((Some(fetched), imported))
+}
+
+/// The standard base64 encoding of `data` (with padding).
+fn base64(data: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
+    for chunk in data.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ALPHABET[(n >> (18 - 6 * i)) as usize & 63] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
 }
 
 /// How often [`with_writeback`] starts writing back what was written.
@@ -280,17 +340,19 @@ fn import_missing(
     workers: usize,
     progress: &SharedReporter,
     stats: &mut ImportStats,
-    reported: &mut HashSet<String>,
+    present: &mut HashMap<String, ObjectId>,
     imported: &mut Vec<(OciDigest, ObjectId)>,
 ) -> Result<()> {
+    let mut seen = HashSet::new();
     for (layer_id, diff_id) in &found.layers {
         let key = diff_id.to_string();
         let id = ComponentId::from(key.clone());
-        if !reported.insert(key) {
+        if !seen.insert(key.clone()) {
             continue; // the same layer twice in one image
         }
-        if repo.has_stream(&layer_content_id(diff_id))?.is_some() {
+        if let Some(stream) = repo.has_stream(&layer_content_id(diff_id))? {
             progress.report(ProgressEvent::Skipped { id });
+            present.insert(key, stream);
             continue;
         }
         progress.report(ProgressEvent::Started {

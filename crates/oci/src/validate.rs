@@ -245,6 +245,8 @@ pub struct LayoutImage {
     pub descriptor: Descriptor,
     /// The manifest, parsed and checked ([`parse_manifest`]).
     pub manifest: ImageManifest,
+    /// The manifest's bytes.
+    pub raw: Vec<u8>,
 }
 
 /// Where a blob lives in an OCI layout. The digest must have passed
@@ -413,6 +415,7 @@ fn load_for_platform(
     Ok(Some(LayoutImage {
         descriptor: desc.clone(),
         manifest,
+        raw: data,
     }))
 }
 

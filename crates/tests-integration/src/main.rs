@@ -7,6 +7,7 @@ mod boot;
 mod deps;
 mod diskfull;
 mod diskfull_eio;
+mod fidelity;
 mod hostile;
 mod guest;
 mod lifecycle;
@@ -49,6 +50,7 @@ fn main() -> Result<()> {
         .chain(diskfull::TESTS)
         .chain(diskfull_eio::KNOWN_BUG)
         .chain(powercut::LONG)
+        .chain(fidelity::TESTS)
         .copied()
         .collect();
     let ctx = if root && !args.list {
