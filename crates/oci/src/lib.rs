@@ -8,6 +8,8 @@
 //! - [`policy`]: `policy.json` evaluation (does this pull need enforcement?).
 //! - [`progress`]: progress events (`progress-v0`) and their renderers.
 //! - [`pull`]: the pull flow: skopeo proxy or `skopeo copy` + OCI layout import.
+//! - [`signed`]: signature enforcement: the decision before a pull, and
+//!   skopeo's refusals in words.
 //! - `cstor`: importing layers from containers-storage (used by [`pull`]).
 //! - [`validate`]: checks on untrusted image metadata (digests, JSON, media
 //!   types, diff_ids, tar entry paths) before anything is stored.
@@ -19,4 +21,5 @@ pub mod policy;
 pub mod progress;
 pub mod pull;
 pub mod registries;
+pub mod signed;
 pub mod validate;

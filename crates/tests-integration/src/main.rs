@@ -9,6 +9,8 @@ mod hostile;
 mod lifecycle;
 mod pull;
 mod signed;
+mod signed_offline;
+mod signed_sigstore;
 mod unattended;
 
 use std::sync::Arc;
@@ -40,6 +42,8 @@ fn main() -> Result<()> {
         .chain(hostile::TESTS)
         .chain(deps::TESTS)
         .chain(signed::TESTS)
+        .chain(signed_sigstore::TESTS)
+        .chain(signed_offline::TESTS)
         .copied()
         .collect();
     let ctx = if root && !args.list {
