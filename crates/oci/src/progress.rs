@@ -461,7 +461,7 @@ mod tests {
 
     use composefs_oci::progress::SharedReporter;
 
-    use super::events::test_support::{SCHEMA, Sink, validate_all};
+    use super::events::test_support::{Sink, validate_all};
     use super::*;
 
     const L1: &str = "sha256:1111111111111111111111111111111111111111111111111111111111111111";
