@@ -162,8 +162,7 @@ pub async fn pull(store: &Store, imgref: &ImageRef, opts: &PullOptions) -> Resul
     let previous_digest = store.get(&name)?.map(|i| i.manifest_digest);
     let present_before = store.present_layers()?;
 
-    let decision =
-        crate::signed::decide(imgref, opts.enforce_sigpolicy, &opts.policy_path)?;
+    let decision = crate::signed::decide(imgref, opts.enforce_sigpolicy, &opts.policy_path)?;
     let path = match decision {
         PolicyDecision::Reject => unreachable!("decide() turns Reject into an error"),
         PolicyDecision::RequiresVerification => PullPath::PolicyCopy,
@@ -361,7 +360,11 @@ async fn skopeo_copy(imgref: &ImageRef, layout: &Path, opts: &PullOptions) -> Re
         .context("Running skopeo copy (is skopeo installed?)")?;
     if !out.status.success() {
         let err = String::from_utf8_lossy(&out.stderr);
-        bail!(crate::signed::explain_failure(imgref, &opts.policy_path, &err));
+        bail!(crate::signed::explain_failure(
+            imgref,
+            &opts.policy_path,
+            &err
+        ));
     }
     Ok(())
 }

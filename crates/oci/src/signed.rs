@@ -335,7 +335,12 @@ mod tests {
     /// or logrus syntax is left.
     fn check(image: &str, msg: &str, expect: &[&str]) {
         let imgref = ImageRef::parse(image).unwrap();
-        let out = explain(&imgref, Path::new("/etc/p.json"), Some(&policy()), &fatal(msg));
+        let out = explain(
+            &imgref,
+            Path::new("/etc/p.json"),
+            Some(&policy()),
+            &fatal(msg),
+        );
         for e in expect {
             assert!(out.contains(e), "{out:?} lacks {e:?}");
         }
@@ -353,7 +358,9 @@ mod tests {
             r#"Source image rejected: Invalid GPG signature: gpgme.Signature{Summary:128, Fingerprint:"B29157C9972BC43F188509A46B1BBB208D332289", Status:gpgme.Error{err:0x9}, Timestamp:time.Date(2026, time.December, 4, 2, 36, 59, 0, time.Local), ExpTimestamp:time.Date(1970, time.January, 1, 0, 0, 0, 0, time.Local), WrongKeyUsage:false, PKATrust:0x0, ChainModel:false, Validity:0, ValidityReason:error(nil), PubkeyAlgo:1, HashAlgo:10}"#,
             &[
                 &refused,
-                &format!(r#"transports.docker."{ADDR}" requires a GPG signature (signedBy) by the key in /k/a.gpg, identity rule matchRepoDigestOrExact"#),
+                &format!(
+                    r#"transports.docker."{ADDR}" requires a GPG signature (signedBy) by the key in /k/a.gpg, identity rule matchRepoDigestOrExact"#
+                ),
                 "signed with GPG key B29157C9972BC43F188509A46B1BBB208D332289",
                 "a key the requirement does not trust",
             ],
@@ -383,10 +390,14 @@ mod tests {
         );
         check(
             &format!("{ADDR}/repo:v1"),
-            &format!("Source image rejected: Signature for identity {ADDR}/elsewhere:v1 is not accepted"),
+            &format!(
+                "Source image rejected: Signature for identity {ADDR}/elsewhere:v1 is not accepted"
+            ),
             &[
                 "by a key in /k/a.gpg, /k/b.gpg, identity rule matchRepository",
-                &format!("the signature names {ADDR}/elsewhere:v1, which the requirement's identity rule does not accept"),
+                &format!(
+                    "the signature names {ADDR}/elsewhere:v1, which the requirement's identity rule does not accept"
+                ),
             ],
         );
         check(
@@ -451,8 +462,14 @@ mod tests {
         );
         let err = format!("{:#}", decide(&r("quay.io/x"), true, &path).unwrap_err());
         assert!(err.contains("--enforce-container-sigpolicy"), "{err}");
-        let err = format!("{:#}", decide(&r("example.com/x"), false, &path).unwrap_err());
-        assert!(err.contains("rejected by signature policy") && err.contains("(default)"), "{err}");
+        let err = format!(
+            "{:#}",
+            decide(&r("example.com/x"), false, &path).unwrap_err()
+        );
+        assert!(
+            err.contains("rejected by signature policy") && err.contains("(default)"),
+            "{err}"
+        );
         assert_eq!(
             decide(&r("quay.io/x"), false, &missing).unwrap(),
             PolicyDecision::AcceptAnything

@@ -101,7 +101,9 @@ impl SigConfig {
         let l = lookaside.display();
         let entry = match style {
             Style::Lookaside => format!("lookaside: file://{l}\n    lookaside-staging: file://{l}"),
-            Style::SigstoreKeys => format!("sigstore: file://{l}\n    sigstore-staging: file://{l}"),
+            Style::SigstoreKeys => {
+                format!("sigstore: file://{l}\n    sigstore-staging: file://{l}")
+            }
             Style::Attachments => "use-sigstore-attachments: true".to_owned(),
         };
         fs::write(

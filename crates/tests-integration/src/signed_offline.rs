@@ -118,7 +118,10 @@ fn signed_by_gpg_install_enforce_refuses_accept_anything(ctx: &Ctx) -> Result<()
         &disk,
     )?;
     let err = String::from_utf8_lossy(&out.stderr);
-    println!("install under insecureAcceptAnything: {}\n{err}", out.status);
+    println!(
+        "install under insecureAcceptAnything: {}\n{err}",
+        out.status
+    );
     ensure!(!out.status.success(), "install must be refused");
     ensure!(
         err.contains(&format!(
@@ -127,7 +130,10 @@ fn signed_by_gpg_install_enforce_refuses_accept_anything(ctx: &Ctx) -> Result<()
         )) && err.contains("--enforce-container-sigpolicy requires a signedBy or sigstoreSigned requirement"),
         "the policy and the flag named: {err}"
     );
-    ensure!(untouched(&disk)?, "refused before anything was written to the disk");
+    ensure!(
+        untouched(&disk)?,
+        "refused before anything was written to the disk"
+    );
     Ok(())
 }
 
@@ -212,7 +218,13 @@ fn signed_by_gpg_install_upgrade_switch_offline(ctx: &Ctx) -> Result<()> {
         "accept.json",
         r#"{"default":[{"type":"insecureAcceptAnything"}]}"#,
     )?;
-    let d1 = push_os(ctx, &cfg, "localhost/bootc-example:latest", "signed-helper-os:v1", Some(&key))?;
+    let d1 = push_os(
+        ctx,
+        &cfg,
+        "localhost/bootc-example:latest",
+        "signed-helper-os:v1",
+        Some(&key),
+    )?;
 
     let (work, disk) = new_disk()?;
     let out = install_enforced(
@@ -230,7 +242,10 @@ fn signed_by_gpg_install_upgrade_switch_offline(ctx: &Ctx) -> Result<()> {
     let inst = mount_root(work.path(), &disk)?;
     let mnt = &inst.mnt;
     let s = status(ctx, mnt)?;
-    ensure!(next_digest(&s) == d1, "installed at the signed digest {d1}: {s}");
+    ensure!(
+        next_digest(&s) == d1,
+        "installed at the signed digest {d1}: {s}"
+    );
     ensure!(
         s["spec"]["image"]["signature"] == "containerPolicy",
         "install recorded that updates verify the policy: {}",
@@ -249,12 +264,21 @@ fn signed_by_gpg_install_upgrade_switch_offline(ctx: &Ctx) -> Result<()> {
     ensure!(status(ctx, mnt)? == s, "refused upgrade changed nothing");
 
     // A signed upgrade: the new manifest, by its digest.
-    let d2 = push_os(ctx, &cfg, "localhost/bootc-example:v2", "signed-helper-os:v1", Some(&key))?;
+    let d2 = push_os(
+        ctx,
+        &cfg,
+        "localhost/bootc-example:v2",
+        "signed-helper-os:v1",
+        Some(&key),
+    )?;
     ensure!(d2 != d1, "v2 is another image");
     let out = offline(ctx, &cfg, mnt, &policy, &["upgrade", "--quiet"])?;
     ensure!(out.status.success(), "signed upgrade accepted");
     let s = status(ctx, mnt)?;
-    ensure!(next_digest(&s) == d2, "upgraded to the signed digest {d2}: {s}");
+    ensure!(
+        next_digest(&s) == d2,
+        "upgraded to the signed digest {d2}: {s}"
+    );
     ensure!(
         s["status"]["rollback"]["image"]["imageDigest"] == d1.as_str(),
         "the install is the rollback: {s}"
@@ -262,7 +286,13 @@ fn signed_by_gpg_install_upgrade_switch_offline(ctx: &Ctx) -> Result<()> {
     ensure!(deployments(mnt)?.len() == 2, "two deployments");
 
     // An unsigned image: refused, nothing changed.
-    push_os(ctx, &cfg, "localhost/bootc-example:v1", "signed-helper-os-unsigned:v1", None)?;
+    push_os(
+        ctx,
+        &cfg,
+        "localhost/bootc-example:v1",
+        "signed-helper-os-unsigned:v1",
+        None,
+    )?;
     let before = deployments(mnt)?;
     let out = offline(
         ctx,
@@ -284,7 +314,13 @@ fn signed_by_gpg_install_upgrade_switch_offline(ctx: &Ctx) -> Result<()> {
     ensure!(after["status"]["staged"].is_null(), "nothing staged");
 
     // A signed switch.
-    let d3 = push_os(ctx, &cfg, "localhost/bootc-example:v1", "signed-helper-os2:v1", Some(&key))?;
+    let d3 = push_os(
+        ctx,
+        &cfg,
+        "localhost/bootc-example:v1",
+        "signed-helper-os2:v1",
+        Some(&key),
+    )?;
     ensure!(d3 != d1 && d3 != d2, "v1 is a third image");
     let out = offline(
         ctx,
@@ -300,7 +336,10 @@ fn signed_by_gpg_install_upgrade_switch_offline(ctx: &Ctx) -> Result<()> {
     )?;
     ensure!(out.status.success(), "signed switch accepted");
     let s = status(ctx, mnt)?;
-    ensure!(next_digest(&s) == d3, "switched to the signed digest {d3}: {s}");
+    ensure!(
+        next_digest(&s) == d3,
+        "switched to the signed digest {d3}: {s}"
+    );
     ensure!(
         s["spec"]["image"]["image"] == format!("{addr}/signed-helper-os2:v1").as_str()
             && s["spec"]["image"]["signature"] == "containerPolicy",
