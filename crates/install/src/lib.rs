@@ -139,15 +139,20 @@ fn read_containerenv() -> Option<String> {
     std::fs::read_to_string(CONTAINERENV).ok()
 }
 
-/// Checks that need no device, so that mistakes fail before any write.
-fn precheck(common: &CommonOptions) -> Result<Images> {
+/// Checks that need no device, so that mistakes fail before any write:
+/// among them the signature policy for the source image (a policy that
+/// rejects it, or one that would accept it unverified under
+/// `--enforce-container-sigpolicy`); the pull verifies the signature itself.
+fn precheck(common: &CommonOptions, pull: &PullOptions) -> Result<Images> {
     if let Some(s) = &common.stateroot {
         bootc_sysroot::ensure_valid_stateroot(s)?;
     }
     if let Some(k) = &common.root_ssh_authorized_keys {
         std::fs::metadata(k).with_context(|| format!("Reading {}", k.display()))?;
     }
-    resolve_images(common, read_containerenv().as_deref())
+    let images = resolve_images(common, read_containerenv().as_deref())?;
+    bootc_oci::signed::decide(&images.source, pull.enforce_sigpolicy, &pull.policy_path)?;
+    Ok(images)
 }
 
 /// Install to a whole disk (see the module documentation for the steps).
@@ -158,7 +163,7 @@ pub async fn to_disk(
     pull: &PullOptions,
     pull_done: &(dyn Fn() + Sync),
 ) -> Result<InstallOutcome> {
-    let images = precheck(&opts.common)?;
+    let images = precheck(&opts.common, pull)?;
     let loopdev = if opts.via_loopback {
         Some(blockdev::LoopDevice::attach(&opts.device)?)
     } else {
@@ -232,7 +237,7 @@ pub async fn to_filesystem(
     pull: &PullOptions,
     pull_done: &(dyn Fn() + Sync),
 ) -> Result<InstallOutcome> {
-    let images = precheck(&opts.common)?;
+    let images = precheck(&opts.common, pull)?;
     let root = std::fs::canonicalize(&opts.root_path)
         .with_context(|| format!("Resolving {}", opts.root_path.display()))?;
     let mnt = filesystem::mount_at(&root)?.with_context(|| {

@@ -11,6 +11,8 @@
 //! - [`progress`]: progress events (`progress-v0`) and their renderers.
 //! - [`pull`]: the pull flow: skopeo proxy or `skopeo copy` + OCI layout import.
 //! - `fetch`: fetching and checking layers from skopeo's proxy or an OCI layout.
+//! - [`signed`]: signature enforcement: the decision before a pull, and
+//!   skopeo's refusals in words.
 //! - `cstor`: importing layers from containers-storage (used by [`pull`]).
 //! - `flatten`: applying the layers, in order, into one composefs tree.
 //! - `commit`: recording a fetched image: EROFS image, config, manifest.
@@ -28,4 +30,5 @@ pub mod policy;
 pub mod progress;
 pub mod pull;
 pub mod registries;
+pub mod signed;
 pub mod validate;

@@ -13,64 +13,26 @@
 //! that transport's default scope `""`; else the global `default`. Only that
 //! one list applies; more general ones are ignored.
 //!
-//! | transport key | identity, then namespaces |
-//! |---|---|
-//! | `docker` | `host/ns/repo:tag` (or `@digest`), `host/ns/repo`, `host/ns`, `host`, then `*.domain` wildcards from the most specific |
-//! | `oci`, `oci-archive` | the absolute path, then each parent directory (never `/`) |
-//! | `containers-storage` | `[driver@root]name:tag`, `[driver@root]name`, its parent namespaces, `[driver@root]`, `[root]` |
+//! The identities and namespaces of each transport are listed in
+//! [`identity`].
 //!
-//! Registry names are matched in their fully expanded form
-//! (`busybox` → `docker.io/library/busybox:latest`). Paths are made absolute
-//! lexically; symlinks are not resolved (containers-image resolves them, so
-//! a scope naming a symlinked directory can differ). A containers-storage
-//! reference without a `[driver@root]` specifier is matched as if it named
-//! the default rootful store, `[overlay@/var/lib/containers/storage]`.
-//!
-//! # Where the policy lives
-//!
-//! [`find_policy_path`] follows the order upstream bootc uses (matching
-//! current containers-image): `$CONTAINERS_POLICY_JSON` if set, else
-//! `$XDG_CONFIG_HOME/containers/policy.json` (or
-//! `$HOME/.config/containers/policy.json`), else
-//! `/etc/containers/policy.json`, else `/usr/share/containers/policy.json`.
-//! Older skopeo (1.9, as in Debian 12) knows only the `$HOME/.config` and
-//! `/etc` locations and ignores the environment variable; whoever starts
-//! skopeo should pass the path we found with `skopeo --policy PATH` so that
-//! what we check is what skopeo enforces.
+//! Where the policy file lives: [`location`].
 
 use std::collections::BTreeMap;
-use std::ffi::OsStr;
 use std::fmt;
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use fn_error_context::context;
 use serde::Deserialize;
 
-use crate::imgref::{ImageRef, Transport};
+use crate::imgref::ImageRef;
 
-/// The system-wide policy file, the one normally in effect for root.
-pub const DEFAULT_POLICY_PATH: &str = "/etc/containers/policy.json";
+pub mod identity;
+pub mod location;
 
-/// Environment variable naming a policy file that overrides every other
-/// location (honoured by current containers-image and upstream bootc, not
-/// by skopeo 1.9).
-pub const POLICY_ENV_VAR: &str = "CONTAINERS_POLICY_JSON";
-
-/// System locations tried in order, relative to the root.
-const SYSTEM_POLICY_PATHS: &[&str] = &[
-    "etc/containers/policy.json",
-    "usr/share/containers/policy.json",
-];
-
-/// The per-user location, under `$XDG_CONFIG_HOME` or `$HOME/.config`.
-const USER_POLICY_SUFFIX: &str = "containers/policy.json";
-
-/// The store containers-storage uses for root when a reference names none;
-/// the policy identity of such a reference is computed against it.
-const DEFAULT_STORAGE_DRIVER: &str = "overlay";
-/// See [`DEFAULT_STORAGE_DRIVER`].
-const DEFAULT_STORAGE_ROOT: &str = "/var/lib/containers/storage";
+pub use identity::policy_identities;
+pub use location::{DEFAULT_POLICY_PATH, POLICY_ENV_VAR, find_policy_path, load_default_policy};
 
 /// One policy requirement; an image must satisfy every requirement of the
 /// list that applies to it.
@@ -266,67 +228,6 @@ pub fn load_policy(path: &Path) -> Result<Policy> {
     Ok(policy)
 }
 
-/// Finds the policy file in effect for this process (see the module docs
-/// for the order); errors if none exists.
-pub fn find_policy_path() -> Result<PathBuf> {
-    let home = std::env::var_os("HOME");
-    let xdg = std::env::var_os("XDG_CONFIG_HOME");
-    resolve_policy_path(
-        Path::new("/"),
-        std::env::var_os(POLICY_ENV_VAR).as_deref(),
-        xdg.as_deref().map(Path::new),
-        home.as_deref().map(Path::new),
-    )
-}
-
-/// [`find_policy_path`] then [`load_policy`].
-pub fn load_default_policy() -> Result<Policy> {
-    load_policy(&find_policy_path()?)
-}
-
-/// The lookup behind [`find_policy_path`], with its inputs explicit and all
-/// absolute paths taken relative to `root`.
-///
-/// The environment override is trusted as is (no existence check, so that a
-/// typo is reported rather than silently replaced by another file); an empty
-/// value counts as unset.
-fn resolve_policy_path(
-    root: &Path,
-    env_override: Option<&OsStr>,
-    xdg_config_home: Option<&Path>,
-    home: Option<&Path>,
-) -> Result<PathBuf> {
-    let under_root = |p: &Path| root.join(p.strip_prefix("/").unwrap_or(p));
-    if let Some(p) = env_override.filter(|v| !v.is_empty()) {
-        return Ok(under_root(Path::new(p)));
-    }
-    let user = match (xdg_config_home, home) {
-        (Some(xdg), _) if !xdg.as_os_str().is_empty() => Some(xdg.join(USER_POLICY_SUFFIX)),
-        (_, Some(home)) if !home.as_os_str().is_empty() => {
-            Some(home.join(".config").join(USER_POLICY_SUFFIX))
-        }
-        _ => None,
-    };
-    let candidates = user
-        .into_iter()
-        .chain(SYSTEM_POLICY_PATHS.iter().map(PathBuf::from))
-        .map(|p| under_root(&p));
-    let mut tried = Vec::new();
-    for candidate in candidates {
-        match candidate.try_exists() {
-            Ok(true) => return Ok(candidate),
-            Ok(false) => tried.push(candidate.display().to_string()),
-            Err(e) => {
-                return Err(e).with_context(|| format!("Checking {}", candidate.display()));
-            }
-        }
-    }
-    anyhow::bail!(
-        "no containers policy.json found (${POLICY_ENV_VAR} unset; tried {})",
-        tried.join(", ")
-    )
-}
-
 /// Refuses `imgref` when the policy would accept it without verifying any
 /// signature, as `--enforce-container-sigpolicy` requires.
 ///
@@ -350,173 +251,6 @@ pub fn check_enforce(policy: &Policy, imgref: &ImageRef) -> Result<()> {
          --enforce-container-sigpolicy requires a signedBy or sigstoreSigned requirement",
         scope = policy.scope_for(imgref),
     )
-}
-
-/// The policy identity of `imgref` followed by its namespaces, most
-/// specific first (the transport default `""` is not included).
-pub fn policy_identities(imgref: &ImageRef) -> Vec<String> {
-    match imgref.transport {
-        Transport::Registry => match imgref.docker_reference() {
-            Some(r) => {
-                let name = format!("{}/{}", r.registry(), r.repository());
-                let identity = match (r.digest(), r.tag()) {
-                    (Some(d), _) => format!("{name}@{d}"),
-                    (None, Some(t)) => format!("{name}:{t}"),
-                    (None, None) => name.clone(),
-                };
-                let mut out = vec![identity];
-                out.extend(docker_namespaces(&name));
-                out
-            }
-            None => Vec::new(),
-        },
-        Transport::OciDir | Transport::OciArchive => {
-            let Some((path, _tag)) = imgref.oci_path_and_tag() else {
-                return Vec::new();
-            };
-            match absolute_lexical(Path::new(path)) {
-                Some(abs) => path_namespaces(&abs),
-                None => Vec::new(),
-            }
-        }
-        Transport::ContainersStorage => storage_identities(&imgref.name),
-    }
-}
-
-/// `host/ns/repo`, `host/ns`, `host`, then `*.` wildcards of the host
-/// without its port, from the most specific.
-fn docker_namespaces(name: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut cur = name;
-    loop {
-        out.push(cur.to_owned());
-        match cur.rfind('/') {
-            Some(i) => cur = &cur[..i],
-            None => break,
-        }
-    }
-    let mut host = cur.split(':').next().unwrap_or(cur);
-    while let Some(i) = host.find('.') {
-        host = &host[i + 1..];
-        out.push(format!("*.{host}"));
-    }
-    out
-}
-
-/// The path itself, then each parent directory, never `/`.
-fn path_namespaces(abs: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut cur = abs;
-    while cur != "/" {
-        let Some(i) = cur.rfind('/') else { break };
-        out.push(cur.to_owned());
-        cur = &cur[..i];
-        if cur.is_empty() {
-            break;
-        }
-    }
-    out
-}
-
-/// Makes `path` absolute against the current directory and normalises it
-/// lexically (`.`, `..`, repeated and trailing slashes); symlinks are not
-/// resolved. `None` if the path is relative and the current directory is
-/// unknown, or it is not UTF-8.
-fn absolute_lexical(path: &Path) -> Option<String> {
-    let joined;
-    let path = if path.is_absolute() {
-        path
-    } else {
-        joined = std::env::current_dir().ok()?.join(path);
-        &joined
-    };
-    let mut parts: Vec<&OsStr> = Vec::new();
-    for c in path.components() {
-        match c {
-            Component::Normal(p) => parts.push(p),
-            Component::ParentDir => {
-                parts.pop();
-            }
-            Component::RootDir | Component::CurDir | Component::Prefix(_) => {}
-        }
-    }
-    let mut out = String::new();
-    for p in parts {
-        out.push('/');
-        out.push_str(p.to_str()?);
-    }
-    if out.is_empty() {
-        out.push('/');
-    }
-    Some(out)
-}
-
-/// Identity and namespaces of a containers-storage name
-/// (`[driver@root+runroot:opts]image`, where image is `name[:tag]`,
-/// `name@id`, `@id` or a bare image ID).
-fn storage_identities(name: &str) -> Vec<String> {
-    let (spec, image) = match name.strip_prefix('[').and_then(|s| s.split_once(']')) {
-        Some((spec, image)) => (Some(spec), image),
-        None => (None, name),
-    };
-    let (driver, graphroot) = match spec {
-        Some(spec) => {
-            let (driver, rest) = match spec.split_once('@') {
-                Some((d, rest)) => (d, rest),
-                None => (DEFAULT_STORAGE_DRIVER, spec),
-            };
-            let graphroot = rest.split(['+', ':']).next().unwrap_or(rest);
-            (driver, graphroot)
-        }
-        None => (DEFAULT_STORAGE_DRIVER, DEFAULT_STORAGE_ROOT),
-    };
-    let store = format!("[{driver}@{graphroot}]");
-    let driverless = format!("[{graphroot}]");
-
-    // Split off an image ID: `name@id` where id is not a digest of the name.
-    let is_id = |s: &str| {
-        let s = s.strip_prefix("sha256:").unwrap_or(s);
-        s.len() == 64 && s.chars().all(|c| c.is_ascii_hexdigit())
-    };
-    let (named, id) = if let Some(id) = image.strip_prefix('@') {
-        (None, Some(id))
-    } else if is_id(image) {
-        (None, Some(image))
-    } else {
-        match image.rsplit_once('@') {
-            Some((n, id)) if is_id(id) && !id.starts_with("sha256:") => (Some(n), Some(id)),
-            _ => (Some(image), None),
-        }
-    };
-    let named = named.and_then(|n| {
-        use std::str::FromStr;
-        containers_image_proxy::oci_spec::distribution::Reference::from_str(n).ok()
-    });
-
-    let mut out = Vec::new();
-    match (&named, id) {
-        (Some(r), Some(id)) => {
-            out.push(format!("{store}{}@{id}", r.whole()));
-            out.push(format!("{store}{}", r.whole()));
-        }
-        (Some(r), None) => out.push(format!("{store}{}", r.whole())),
-        (None, Some(id)) => out.push(format!("{store}@{id}")),
-        (None, None) => {}
-    }
-    if let Some(r) = &named {
-        let repo = format!("{}/{}", r.registry(), r.repository());
-        let mut cur = repo.as_str();
-        loop {
-            out.push(format!("{store}{cur}"));
-            match cur.rfind('/') {
-                Some(i) => cur = &cur[..i],
-                None => break,
-            }
-        }
-    }
-    out.push(store);
-    out.push(driverless);
-    out
 }
 
 #[cfg(test)]
@@ -665,72 +399,6 @@ mod tests {
     }
 
     #[test]
-    fn identities() {
-        let cases: &[(&str, &[&str])] = &[
-            (
-                "quay.io/example/os:42",
-                &[
-                    "quay.io/example/os:42",
-                    "quay.io/example/os",
-                    "quay.io/example",
-                    "quay.io",
-                    "*.io",
-                ],
-            ),
-            (
-                "busybox",
-                &[
-                    "docker.io/library/busybox:latest",
-                    "docker.io/library/busybox",
-                    "docker.io/library",
-                    "docker.io",
-                    "*.io",
-                ],
-            ),
-            (
-                "a.b.example.com:8443/ns/r@sha256:5db6d8b5f34d3cbdaa1e82ed0152a5ac980076d19317d4269db149cbde057bb2",
-                &[
-                    "a.b.example.com:8443/ns/r@sha256:5db6d8b5f34d3cbdaa1e82ed0152a5ac980076d19317d4269db149cbde057bb2",
-                    "a.b.example.com:8443/ns/r",
-                    "a.b.example.com:8443/ns",
-                    "a.b.example.com:8443",
-                    "*.b.example.com",
-                    "*.example.com",
-                    "*.com",
-                ],
-            ),
-            (
-                "localhost/os",
-                &["localhost/os:latest", "localhost/os", "localhost"],
-            ),
-            ("oci:/a/b/c:tag", &["/a/b/c", "/a/b", "/a"]),
-            ("oci:/a//b/./c/", &["/a/b/c", "/a/b", "/a"]),
-            ("oci-archive:/x.tar", &["/x.tar"]),
-            (
-                "containers-storage:[vfs@/srv/s]localhost/os:t",
-                &[
-                    "[vfs@/srv/s]localhost/os:t",
-                    "[vfs@/srv/s]localhost/os",
-                    "[vfs@/srv/s]localhost",
-                    "[vfs@/srv/s]",
-                    "[/srv/s]",
-                ],
-            ),
-            (
-                "containers-storage:5db6d8b5f34d3cbdaa1e82ed0152a5ac980076d19317d4269db149cbde057bb2",
-                &[
-                    "[overlay@/var/lib/containers/storage]@5db6d8b5f34d3cbdaa1e82ed0152a5ac980076d19317d4269db149cbde057bb2",
-                    "[overlay@/var/lib/containers/storage]",
-                    "[/var/lib/containers/storage]",
-                ],
-            ),
-        ];
-        for (image, expect) in cases {
-            assert_eq!(policy_identities(&imgref(image)), *expect, "{image}");
-        }
-    }
-
-    #[test]
     fn parse_errors() {
         let cases: &[(&str, &str)] = &[
             (
@@ -800,58 +468,5 @@ mod tests {
     fn load_errors_name_the_file() {
         let err = load_policy(Path::new("/nonexistent/policy.json")).unwrap_err();
         assert!(format!("{err:#}").contains("Loading containers policy /nonexistent/policy.json"));
-    }
-
-    #[test]
-    fn resolve_policy_path_order() {
-        let td = tempfile::tempdir().unwrap();
-        let root = td.path();
-        let touch = |p: &str| {
-            let p = root.join(p);
-            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-            std::fs::write(&p, "{}").unwrap();
-            p
-        };
-        // Nothing at all.
-        let err = resolve_policy_path(root, None, None, None)
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("no containers policy.json found"), "{err}");
-
-        let usr = touch("usr/share/containers/policy.json");
-        assert_eq!(resolve_policy_path(root, None, None, None).unwrap(), usr);
-        let etc = touch("etc/containers/policy.json");
-        assert_eq!(resolve_policy_path(root, None, None, None).unwrap(), etc);
-        // $HOME/.config wins over /etc, $XDG_CONFIG_HOME over $HOME.
-        let home = touch("root/.config/containers/policy.json");
-        assert_eq!(
-            resolve_policy_path(root, None, None, Some(Path::new("/root"))).unwrap(),
-            home
-        );
-        let xdg = touch("xdg/containers/policy.json");
-        assert_eq!(
-            resolve_policy_path(
-                root,
-                None,
-                Some(Path::new("/xdg")),
-                Some(Path::new("/root"))
-            )
-            .unwrap(),
-            xdg
-        );
-        // A missing per-user file falls through.
-        assert_eq!(
-            resolve_policy_path(root, None, Some(Path::new("/nope")), None).unwrap(),
-            etc
-        );
-        // The environment override is trusted even if missing; empty is unset.
-        assert_eq!(
-            resolve_policy_path(root, Some(OsStr::new("/custom.json")), None, None).unwrap(),
-            root.join("custom.json")
-        );
-        assert_eq!(
-            resolve_policy_path(root, Some(OsStr::new("")), None, None).unwrap(),
-            etc
-        );
     }
 }

@@ -149,7 +149,7 @@ pub async fn pull(store: &Store, imgref: &ImageRef, opts: &PullOptions) -> Resul
     let previous_digest = store.get(&name)?.map(|i| i.manifest_digest);
     let present_before = store.present_layers()?;
 
-    let decision = decide(imgref, opts)?;
+    let decision = crate::signed::decide(imgref, opts.enforce_sigpolicy, &opts.policy_path)?;
     let path = match decision {
         PolicyDecision::Reject => unreachable!("decide() turns Reject into an error"),
         PolicyDecision::RequiresVerification => PullPath::PolicyCopy,
@@ -332,31 +332,6 @@ pub(crate) fn proxy_config(opts: &PullOptions) -> ImageProxyConfig {
     config
 }
 
-/// Apply policy.json to `imgref`: an error for `reject` or for a refused
-/// `--enforce-container-sigpolicy`, else whether verification is required.
-fn decide(imgref: &ImageRef, opts: &PullOptions) -> Result<PolicyDecision> {
-    let path = &opts.policy_path;
-    let policy = match policy::load_policy(path) {
-        Ok(p) => p,
-        Err(e) if !opts.enforce_sigpolicy && !path.try_exists().unwrap_or(true) => {
-            tracing::debug!("no policy at {}: {e:#}; accepting anything", path.display());
-            return Ok(PolicyDecision::AcceptAnything);
-        }
-        Err(e) => return Err(e),
-    };
-    if opts.enforce_sigpolicy {
-        policy::check_enforce(&policy, imgref)
-            .with_context(|| format!("Checking {} for {imgref}", path.display()))?;
-    }
-    match policy.decide(imgref) {
-        PolicyDecision::Reject => bail!(
-            "Image {imgref} is rejected by signature policy {}: the requirements for its scope are 'reject'",
-            path.display()
-        ),
-        d => Ok(d),
-    }
-}
-
 /// `skopeo copy` `imgref` into a new OCI layout at `layout`, enforcing `policy.json`.
 async fn skopeo_copy(imgref: &ImageRef, layout: &Path, opts: &PullOptions) -> Result<()> {
     let mut cmd = tokio::process::Command::new("skopeo");
@@ -385,11 +360,11 @@ async fn skopeo_copy(imgref: &ImageRef, layout: &Path, opts: &PullOptions) -> Re
         .context("Running skopeo copy (is skopeo installed?)")?;
     if !out.status.success() {
         let err = String::from_utf8_lossy(&out.stderr);
-        bail!(
-            "Fetching {imgref} with signature policy {} failed: {}",
-            opts.policy_path.display(),
-            err.trim()
-        );
+        bail!(crate::signed::explain_failure(
+            imgref,
+            &opts.policy_path,
+            &err
+        ));
     }
     Ok(())
 }

@@ -14,6 +14,8 @@ mod lifecycle;
 mod powercut;
 mod pull;
 mod signed;
+mod signed_offline;
+mod signed_sigstore;
 mod unattended;
 
 use std::sync::Arc;
@@ -51,6 +53,8 @@ fn main() -> Result<()> {
         .chain(diskfull_eio::KNOWN_BUG)
         .chain(powercut::LONG)
         .chain(fidelity::TESTS)
+        .chain(signed_sigstore::TESTS)
+        .chain(signed_offline::TESTS)
         .copied()
         .collect();
     let ctx = if root && !args.list {
