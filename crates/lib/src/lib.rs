@@ -10,10 +10,14 @@
 //! - [`bootcount`]: automatic rollback (boot trials), `bootc internals boot-check`.
 //! - [`loader_entries`]: `bootc loader-entries set-options-for-source`.
 //! - [`usr_overlay`]: `bootc usr-overlay`, and the `/usr` overlay status.
+//! - [`container`]: `bootc container lint` (checks in `bootc-lint`).
+//! - [`completion`]: `bootc completion bash|zsh|fish`.
 //! - [`seal`]: fs-verity mode: `bootc internals seal-store`, per-deployment mode for status.
 
 pub mod bootcount;
 pub mod cli;
+pub mod completion;
+pub mod container;
 pub mod deployments;
 pub mod edit;
 pub mod image;
