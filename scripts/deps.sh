@@ -8,6 +8,7 @@ PACKAGES=(
   mtools dosfstools fdisk gdisk e2fsprogs xfsprogs btrfs-progs util-linux
   jq python3 python3-jsonschema binutils time busybox-static
   git procps hyperfine gnupg
+  debhelper lintian fakeroot
 )
 missing=()
 for p in "${PACKAGES[@]}"; do

@@ -7,6 +7,7 @@ mod boot;
 mod deps;
 mod hostile;
 mod lifecycle;
+mod lint;
 mod pull;
 mod signed;
 mod unattended;
@@ -40,6 +41,7 @@ fn main() -> Result<()> {
         .chain(hostile::TESTS)
         .chain(deps::TESTS)
         .chain(signed::TESTS)
+        .chain(lint::TESTS)
         .copied()
         .collect();
     let ctx = if root && !args.list {
