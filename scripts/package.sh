@@ -10,6 +10,7 @@
 #   BOOTC_BIN, BOOTC_INITRAMFS_SETUP_BIN  use these binaries instead of
 #                      `cargo build --release -p bootc -p bootc-initramfs`
 #   BOOTC_NO_LINTIAN=1 skip lintian
+#   BOOTC_DEB_OUTDIR   where the .deb goes (default: target/debian)
 set -euo pipefail
 
 workspace=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -32,7 +33,7 @@ bootc_bin=${BOOTC_BIN:-$release_dir/bootc}
 setup_bin=${BOOTC_INITRAMFS_SETUP_BIN:-$release_dir/bootc-initramfs-setup}
 [[ -x $bootc_bin && -x $setup_bin ]] || die "binaries missing: $bootc_bin $setup_bin"
 
-out=$workspace/target/debian
+out=${BOOTC_DEB_OUTDIR:-$workspace/target/debian}
 build=$out/build/bootc-$version
 rm -rf "$out/build"
 mkdir -p "$build"

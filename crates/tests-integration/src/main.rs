@@ -8,6 +8,7 @@ mod deps;
 mod hostile;
 mod lifecycle;
 mod lint;
+mod packaging;
 mod pull;
 mod signed;
 mod unattended;
@@ -42,6 +43,7 @@ fn main() -> Result<()> {
         .chain(deps::TESTS)
         .chain(signed::TESTS)
         .chain(lint::TESTS)
+        .chain(packaging::TESTS)
         .copied()
         .collect();
     let ctx = if root && !args.list {
