@@ -218,6 +218,10 @@ fn check_run_content(root: &Dir) -> Result<Vec<Finding>> {
     let mut names: Vec<_> = d.entries()?.map(|e| e.map(|e| e.file_name())).collect::<Result<_, _>>()?;
     names.sort();
     for n in names {
+        // Injected by podman/buildah into every RUN step, not image content.
+        if n == ".containerenv" {
+            continue;
+        }
         let p = Path::new("run").join(&n);
         out.push(Finding::new(
             display(&p),
@@ -339,6 +343,7 @@ mod tests {
     fn run_content() {
         let t = tree();
         dirs(&t, &["run"]);
+        file(&t, "run/.containerenv", b"engine=\"podman\"");
         assert!(check_run_content(&t).unwrap().is_empty());
         file(&t, "run/adduser", b"");
         let f = check_run_content(&t).unwrap();

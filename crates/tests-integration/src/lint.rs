@@ -101,6 +101,12 @@ const CASES: &[Case] = &[
         path: "/var/lib/packaging-state",
     },
     Case {
+        check: "run-content",
+        breakage: "touch /run/packaging-runtime",
+        lint: LINT_FATAL,
+        path: "/run/packaging-runtime",
+    },
+    Case {
         check: "sysusers",
         breakage: "echo 'd /var/lib/packaging-owned 0755 - - -' > /usr/lib/tmpfiles.d/packaging.conf; mkdir /var/lib/packaging-owned; chown 4242:4243 /var/lib/packaging-owned",
         lint: LINT_FATAL,
