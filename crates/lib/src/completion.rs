@@ -77,7 +77,11 @@ printf '%s\n' "${{COMPREPLY[@]}}""#,
             .args(["--norc", "--noprofile", "-c", &prog])
             .output()
             .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8(out.stdout)
             .unwrap()
             .lines()

@@ -56,7 +56,11 @@ fn lint(args: LintArgs) -> Result<()> {
     let report = bootc_lint::run(&root, &opts)?;
     print!("{}", report.render(10));
     if report.failed(&opts) {
-        let what = if report.errors() > 0 { "errors" } else { "warnings (--fatal-warnings)" };
+        let what = if report.errors() > 0 {
+            "errors"
+        } else {
+            "warnings (--fatal-warnings)"
+        };
         bail!("image checks failed with {what}");
     }
     Ok(())

@@ -2,7 +2,9 @@
 //! drop-ins, read with the same parsers `bootc install` and `upgrade` use.
 
 use anyhow::Result;
-use bootc_install::config::{INSTALL_CONFIG_DIRS, KARGS_DIR, parse_install_config, parse_kargs_file};
+use bootc_install::config::{
+    INSTALL_CONFIG_DIRS, KARGS_DIR, parse_install_config, parse_kargs_file,
+};
 use cap_std_ext::cap_std::fs::Dir;
 use cap_std_ext::dirext::CapStdExtDirExt;
 
@@ -100,16 +102,31 @@ mod tests {
     #[test]
     fn kargs() {
         let t = tree();
-        file(&t, "usr/lib/bootc/kargs.d/00-ok.toml", b"kargs = [\"quiet\"]\n");
+        file(
+            &t,
+            "usr/lib/bootc/kargs.d/00-ok.toml",
+            b"kargs = [\"quiet\"]\n",
+        );
         file(&t, "usr/lib/bootc/kargs.d/README", b"not toml");
         assert!(check_kargs(&t).unwrap().is_empty());
-        file(&t, "usr/lib/bootc/kargs.d/10-bad.toml", b"kargs = \"quiet\"\n");
-        file(&t, "usr/lib/bootc/kargs.d/20-typo.toml", b"karg = [\"x\"]\n");
+        file(
+            &t,
+            "usr/lib/bootc/kargs.d/10-bad.toml",
+            b"kargs = \"quiet\"\n",
+        );
+        file(
+            &t,
+            "usr/lib/bootc/kargs.d/20-typo.toml",
+            b"karg = [\"x\"]\n",
+        );
         let f = check_kargs(&t).unwrap();
         let paths: Vec<_> = f.iter().map(|f| f.path.as_str()).collect();
         assert_eq!(
             paths,
-            ["/usr/lib/bootc/kargs.d/10-bad.toml", "/usr/lib/bootc/kargs.d/20-typo.toml"]
+            [
+                "/usr/lib/bootc/kargs.d/10-bad.toml",
+                "/usr/lib/bootc/kargs.d/20-typo.toml"
+            ]
         );
         assert!(f[1].problem.contains("karg"), "{}", f[1].problem);
         assert!(f[0].fix.contains("kargs = ["));
@@ -118,9 +135,17 @@ mod tests {
     #[test]
     fn install_config() {
         let t = tree();
-        file(&t, "usr/lib/bootc/install/00-ok.toml", b"[install]\nroot-fs-type = \"xfs\"\n");
+        file(
+            &t,
+            "usr/lib/bootc/install/00-ok.toml",
+            b"[install]\nroot-fs-type = \"xfs\"\n",
+        );
         assert!(check_install_config(&t).unwrap().is_empty());
-        file(&t, "etc/bootc/install/10-bad.toml", b"[install]\nroot-fs-type = \"zfs\"\n");
+        file(
+            &t,
+            "etc/bootc/install/10-bad.toml",
+            b"[install]\nroot-fs-type = \"zfs\"\n",
+        );
         file(&t, "usr/lib/bootc/install/20-syntax.toml", b"[install\n");
         let f = check_install_config(&t).unwrap();
         assert_eq!(f.len(), 2, "{f:?}");

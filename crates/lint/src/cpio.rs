@@ -97,16 +97,21 @@ fn read_archives<R: Read>(r: R, out: &mut Vec<Member>) -> Result<Option<u64>> {
         let filesize = hex_field(&h, 6)?;
         let namesize = hex_field(&h, 11)? as usize;
         let mut name = vec![0u8; namesize];
-        r.read_exact(&mut name).context("Truncated cpio member name")?;
+        r.read_exact(&mut name)
+            .context("Truncated cpio member name")?;
         let name = String::from_utf8_lossy(name.split(|b| *b == 0).next().unwrap_or_default())
             .into_owned();
         r.align4()?;
-        r.skip(u64::from(filesize)).context("Truncated cpio member")?;
+        r.skip(u64::from(filesize))
+            .context("Truncated cpio member")?;
         r.align4()?;
         if name == TRAILER {
             continue;
         }
-        let name = name.trim_start_matches("./").trim_start_matches('/').to_owned();
+        let name = name
+            .trim_start_matches("./")
+            .trim_start_matches('/')
+            .to_owned();
         if !name.is_empty() && name != "." {
             out.push(Member { name, mode });
         }
@@ -188,7 +193,11 @@ mod tests {
         let main = build(&[
             (".", 0o40755, b""),
             ("./usr/bin/bootc-initramfs-setup", 0o100755, b"\x7fELF..."),
-            ("usr/lib/systemd/system/x.target.requires/y.service", 0o120777, b"../y.service"),
+            (
+                "usr/lib/systemd/system/x.target.requires/y.service",
+                0o120777,
+                b"../y.service",
+            ),
         ]);
         let mut img = early.clone();
         img.extend(zstd::encode_all(&main[..], 3).unwrap());

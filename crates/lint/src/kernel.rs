@@ -43,7 +43,11 @@ fn kernel_dirs(root: &Dir) -> Result<(Vec<String>, Vec<String>)> {
         let has = d
             .symlink_metadata_optional(format!("{name}/vmlinuz"))?
             .is_some_and(|m| m.is_file());
-        if has { with.push(name) } else { without.push(name) }
+        if has {
+            with.push(name)
+        } else {
+            without.push(name)
+        }
     }
     with.sort();
     without.sort();
@@ -107,7 +111,10 @@ fn check_initramfs(root: &Dir) -> Result<Vec<Finding>> {
         return Ok(vec![]);
     };
     let path = format!("{MODULES}/{k}/initramfs.img");
-    let Some(image) = root.read_optional(&path).with_context(|| format!("Reading /{path}"))? else {
+    let Some(image) = root
+        .read_optional(&path)
+        .with_context(|| format!("Reading /{path}"))?
+    else {
         return Ok(vec![]);
     };
     let fix = format!(
@@ -144,7 +151,11 @@ mod tests {
     fn dracut_initramfs() -> Vec<u8> {
         let img = build(&[
             ("usr/bin/bootc-initramfs-setup", 0o100755, b"\x7fELF"),
-            ("usr/lib/systemd/system/bootc-initramfs-setup.service", 0o100644, b"[Unit]"),
+            (
+                "usr/lib/systemd/system/bootc-initramfs-setup.service",
+                0o100644,
+                b"[Unit]",
+            ),
             (
                 "etc/systemd/system/initrd-root-fs.target.requires/bootc-initramfs-setup.service",
                 0o120777,
@@ -168,7 +179,11 @@ mod tests {
         assert!(check_kernel(&t).unwrap().is_empty());
         file(&t, "usr/lib/modules/6.13/vmlinuz", b"k");
         let f = check_kernel(&t).unwrap();
-        assert!(f[0].problem.contains("2 kernels (6.12.0-1-amd64, 6.13)"), "{}", f[0].problem);
+        assert!(
+            f[0].problem.contains("2 kernels (6.12.0-1-amd64, 6.13)"),
+            "{}",
+            f[0].problem
+        );
     }
 
     #[test]
@@ -192,16 +207,28 @@ mod tests {
 
         // A plain initramfs without the module.
         let plain = build(&[("usr/bin/systemd", 0o100755, b"")]);
-        file(&t, &format!("{K}/initramfs.img"), &zstd::encode_all(&plain[..], 1).unwrap());
+        file(
+            &t,
+            &format!("{K}/initramfs.img"),
+            &zstd::encode_all(&plain[..], 1).unwrap(),
+        );
         let f = check_initramfs(&t).unwrap();
         assert_eq!(f[0].path, format!("/{K}/initramfs.img"));
-        assert!(f[0].problem.contains("bootc-initramfs-setup is not in it"), "{}", f[0].problem);
+        assert!(
+            f[0].problem.contains("bootc-initramfs-setup is not in it"),
+            "{}",
+            f[0].problem
+        );
         assert!(f[0].fix.contains("50bootc"));
 
         // The unit without its enablement link.
         let half = build(&[
             ("usr/bin/bootc-initramfs-setup", 0o100755, b""),
-            ("usr/lib/systemd/system/bootc-initramfs-setup.service", 0o100644, b""),
+            (
+                "usr/lib/systemd/system/bootc-initramfs-setup.service",
+                0o100644,
+                b"",
+            ),
         ]);
         file(&t, &format!("{K}/initramfs.img"), &half);
         let f = check_initramfs(&t).unwrap();

@@ -141,7 +141,10 @@ impl Report {
     }
 
     fn count(&self, s: Severity) -> usize {
-        self.findings.iter().filter(|(l, _)| l.severity == s).count()
+        self.findings
+            .iter()
+            .filter(|(l, _)| l.severity == s)
+            .count()
     }
 
     /// Whether the run fails under `opts`.
@@ -213,7 +216,13 @@ pub fn run(root: &Dir, opts: &Options) -> Result<Report> {
 pub fn list() -> String {
     let mut out = String::new();
     for l in LINTS {
-        let _ = writeln!(out, "{:<24} {:<8} {}", l.name, l.severity.as_str(), l.description);
+        let _ = writeln!(
+            out,
+            "{:<24} {:<8} {}",
+            l.name,
+            l.severity.as_str(),
+            l.description
+        );
     }
     out
 }
@@ -288,12 +297,18 @@ mod tests {
             fatal_warnings: false,
         };
         let r = run(&t, &opts).unwrap();
-        assert_eq!((r.errors(), r.warnings(), r.skipped), (0, 1, LINTS.len() - 1));
+        assert_eq!(
+            (r.errors(), r.warnings(), r.skipped),
+            (0, 1, LINTS.len() - 1)
+        );
         assert!(!r.failed(&opts));
         opts.fatal_warnings = true;
         assert!(r.failed(&opts));
         let text = r.render(10);
-        assert!(text.contains("warning[nonempty-boot]: /boot/vmlinuz"), "{text}");
+        assert!(
+            text.contains("warning[nonempty-boot]: /boot/vmlinuz"),
+            "{text}"
+        );
         assert!(text.contains("  fix: "), "{text}");
     }
 }

@@ -24,7 +24,10 @@ pub static MARKER: &str = "bootc-deployment-format-version=1;";
 /// that the marker stays in the binary).
 pub fn own_version() -> u32 {
     let m: &str = std::hint::black_box(MARKER);
-    parse_markers(m.as_bytes()).into_iter().max().unwrap_or(FORMAT_VERSION)
+    parse_markers(m.as_bytes())
+        .into_iter()
+        .max()
+        .unwrap_or(FORMAT_VERSION)
 }
 
 /// Every marker version found in `bytes`.
@@ -36,9 +39,15 @@ pub fn parse_markers(bytes: &[u8]) -> Vec<u32> {
     let mut i = 0;
     while let Some(off) = bytes[i..].windows(p.len()).position(|w| w == p) {
         let start = i + off + p.len();
-        let digits = bytes[start..].iter().take_while(|b| b.is_ascii_digit()).count();
+        let digits = bytes[start..]
+            .iter()
+            .take_while(|b| b.is_ascii_digit())
+            .count();
         if digits > 0 && bytes.get(start + digits) == Some(&b';') {
-            if let Ok(v) = std::str::from_utf8(&bytes[start..start + digits]).unwrap_or("").parse() {
+            if let Ok(v) = std::str::from_utf8(&bytes[start..start + digits])
+                .unwrap_or("")
+                .parse()
+            {
                 found.push(v);
             }
         }
@@ -67,17 +76,23 @@ fn check_store_format(root: &Dir) -> Result<Vec<Finding>> {
             fix,
         )]);
     }
-    let bytes = root.read(path).with_context(|| format!("Reading /{path}"))?;
+    let bytes = root
+        .read(path)
+        .with_context(|| format!("Reading /{path}"))?;
     let theirs = parse_markers(&bytes).into_iter().max();
     Ok(match theirs {
         None => vec![Finding::new(
             path,
-            format!("does not state which deployment format it reads (an older bootc?); the running bootc writes version {ours}"),
+            format!(
+                "does not state which deployment format it reads (an older bootc?); the running bootc writes version {ours}"
+            ),
             fix,
         )],
         Some(v) if v < ours => vec![Finding::new(
             path,
-            format!("reads deployment format up to version {v}, but the running bootc writes version {ours}: after the update it would refuse the host's deployments"),
+            format!(
+                "reads deployment format up to version {v}, but the running bootc writes version {ours}: after the update it would refuse the host's deployments"
+            ),
             fix,
         )],
         Some(_) => vec![],
@@ -98,10 +113,22 @@ mod tests {
     #[test]
     fn store_format() {
         let t = tree();
-        assert!(check_store_format(&t).unwrap()[0].problem.starts_with("missing"));
+        assert!(
+            check_store_format(&t).unwrap()[0]
+                .problem
+                .starts_with("missing")
+        );
         file(&t, "usr/bin/bootc", b"\x7fELF\0no marker here");
-        assert!(check_store_format(&t).unwrap()[0].problem.contains("does not state"));
-        file(&t, "usr/bin/bootc", b"\x7fELF\0bootc-deployment-format-version=0;\0");
+        assert!(
+            check_store_format(&t).unwrap()[0]
+                .problem
+                .contains("does not state")
+        );
+        file(
+            &t,
+            "usr/bin/bootc",
+            b"\x7fELF\0bootc-deployment-format-version=0;\0",
+        );
         let f = check_store_format(&t).unwrap();
         assert!(f[0].problem.contains("up to version 0"), "{}", f[0].problem);
         let mut bin = b"\x7fELF\0bootc-deployment-format-version=x\0".to_vec();

@@ -68,7 +68,10 @@ const BASE_DIRECTORIES_LIST: &[(&str, &str)] = &[
     ("usr", "the operating system"),
     ("etc", "configuration, merged across updates"),
     ("var", "the mount point of the shared /var"),
-    ("sysroot", "the mount point of the physical root (bootc-initramfs-setup)"),
+    (
+        "sysroot",
+        "the mount point of the physical root (bootc-initramfs-setup)",
+    ),
     ("dev", "devtmpfs"),
     ("proc", "procfs"),
     ("sys", "sysfs"),
@@ -92,7 +95,9 @@ fn check_base_directories(root: &Dir) -> Result<Vec<Finding>> {
             Some(_) => out.push(Finding::new(
                 d,
                 format!("not a directory; it is {what}"),
-                format!("make /{d} an empty directory in the Containerfile (`rm /{d} && mkdir /{d}`)"),
+                format!(
+                    "make /{d} an empty directory in the Containerfile (`rm /{d} && mkdir /{d}`)"
+                ),
             )),
             None => out.push(Finding::new(
                 d,
@@ -117,7 +122,10 @@ fn check_nonempty_boot(root: &Dir) -> Result<Vec<Finding>> {
     let Some(d) = root.open_dir_optional("boot")? else {
         return Ok(out);
     };
-    let mut names: Vec<_> = d.entries()?.map(|e| e.map(|e| e.file_name())).collect::<Result<_, _>>()?;
+    let mut names: Vec<_> = d
+        .entries()?
+        .map(|e| e.map(|e| e.file_name()))
+        .collect::<Result<_, _>>()?;
     names.sort();
     for n in names {
         out.push(Finding::new(
@@ -152,8 +160,13 @@ mod tests {
         file(&t, "usr/share/ok-é", b"");
         assert!(check_utf8(&t).unwrap().is_empty());
         let bad = OsStr::from_bytes(b"bad-\xff");
-        t.create_dir_all(Path::new("usr/share").join(bad).join("child")).unwrap();
-        crate::testutil::symlink(&t, Path::new(OsStr::from_bytes(b"/x\xfe")), "usr/share/link");
+        t.create_dir_all(Path::new("usr/share").join(bad).join("child"))
+            .unwrap();
+        crate::testutil::symlink(
+            &t,
+            Path::new(OsStr::from_bytes(b"/x\xfe")),
+            "usr/share/link",
+        );
         let f = check_utf8(&t).unwrap();
         assert_eq!(f.len(), 2, "{f:?}");
         assert_eq!(f[0].path, "/usr/share/bad-\\xff");
@@ -164,7 +177,10 @@ mod tests {
     #[test]
     fn base_directories() {
         let t = tree();
-        dirs(&t, &["usr", "etc", "var", "dev", "proc", "sys", "run", "tmp"]);
+        dirs(
+            &t,
+            &["usr", "etc", "var", "dev", "proc", "sys", "run", "tmp"],
+        );
         file(&t, "sysroot", b"");
         let f = check_base_directories(&t).unwrap();
         assert_eq!(f.len(), 1);

@@ -26,9 +26,15 @@ fn check_finalize_staged(root: &Dir) -> Result<Vec<Finding>> {
     let mut out = Vec::new();
     let fix_install = "install the bootc package (or copy contrib/systemd/bootc-finalize-staged.service to /usr/lib/systemd/system/)";
     let mut text = None;
-    for dir in ["etc/systemd/system", "usr/lib/systemd/system", "lib/systemd/system"] {
+    for dir in [
+        "etc/systemd/system",
+        "usr/lib/systemd/system",
+        "lib/systemd/system",
+    ] {
         let path = format!("{dir}/{UNIT}");
-        let Some(m) = root.symlink_metadata_optional(&path)? else { continue };
+        let Some(m) = root.symlink_metadata_optional(&path)? else {
+            continue;
+        };
         if m.is_symlink() {
             let t = root.read_link_contents(&path)?;
             if t.as_os_str() == "/dev/null" {
@@ -54,9 +60,18 @@ fn check_finalize_staged(root: &Dir) -> Result<Vec<Finding>> {
         return Ok(out);
     };
     for line in text.lines() {
-        let Some(cmd) = line.trim().strip_prefix("ExecStop=") else { continue };
-        let bin = cmd.trim_start_matches(['-', '@', '+', '!', ':']).split_whitespace().next().unwrap_or("");
-        if !root.symlink_metadata_optional(bin.trim_start_matches('/'))?.is_some() {
+        let Some(cmd) = line.trim().strip_prefix("ExecStop=") else {
+            continue;
+        };
+        let bin = cmd
+            .trim_start_matches(['-', '@', '+', '!', ':'])
+            .split_whitespace()
+            .next()
+            .unwrap_or("");
+        if !root
+            .symlink_metadata_optional(bin.trim_start_matches('/'))?
+            .is_some()
+        {
             out.push(Finding::new(
                 bin,
                 format!("{UNIT} runs {bin} at shutdown, which the image does not have"),
@@ -72,20 +87,32 @@ mod tests {
     use super::*;
     use crate::testutil::{file, tree};
 
-    const TEXT: &[u8] = b"[Service]\nExecStart=/bin/true\nExecStop=/usr/bin/bootc internals finalize-staged\n";
+    const TEXT: &[u8] =
+        b"[Service]\nExecStart=/bin/true\nExecStop=/usr/bin/bootc internals finalize-staged\n";
 
     #[test]
     fn finalize_staged() {
         let t = tree();
         let f = check_finalize_staged(&t).unwrap();
-        assert_eq!(f[0].path, "/usr/lib/systemd/system/bootc-finalize-staged.service");
-        file(&t, "usr/lib/systemd/system/bootc-finalize-staged.service", TEXT);
+        assert_eq!(
+            f[0].path,
+            "/usr/lib/systemd/system/bootc-finalize-staged.service"
+        );
+        file(
+            &t,
+            "usr/lib/systemd/system/bootc-finalize-staged.service",
+            TEXT,
+        );
         let f = check_finalize_staged(&t).unwrap();
         assert_eq!(f[0].path, "/usr/bin/bootc");
         file(&t, "usr/bin/bootc", b"\x7fELF");
         assert!(check_finalize_staged(&t).unwrap().is_empty());
         t.create_dir_all("etc/systemd/system").unwrap();
-        crate::testutil::symlink(&t, "/dev/null", "etc/systemd/system/bootc-finalize-staged.service");
+        crate::testutil::symlink(
+            &t,
+            "/dev/null",
+            "etc/systemd/system/bootc-finalize-staged.service",
+        );
         let f = check_finalize_staged(&t).unwrap();
         assert!(f[0].problem.starts_with("masked"));
         assert!(f[0].fix.contains("systemctl unmask"));

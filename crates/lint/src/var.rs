@@ -95,7 +95,9 @@ pub fn parse_tmpfiles(text: &str, out: &mut BTreeMap<String, TmpfilesEntry>) {
         let (Some(ty), Some(path)) = (cols.first(), cols.get(1)) else {
             continue;
         };
-        let Some(kind) = ty.chars().next() else { continue };
+        let Some(kind) = ty.chars().next() else {
+            continue;
+        };
         let col = |i: usize| cols.get(i).filter(|c| **c != "-").map(|c| c.to_string());
         out.insert(
             path.trim_end_matches('/').to_string(),
@@ -135,12 +137,17 @@ pub fn parse_sysusers(text: &str, users: &mut BTreeSet<String>, groups: &mut BTr
 fn conf_files(root: &Dir, dirs: &[&str]) -> Result<Vec<String>> {
     let mut by_name = BTreeMap::new();
     for dir in dirs {
-        let Some(d) = root.open_dir_optional(dir)? else { continue };
+        let Some(d) = root.open_dir_optional(dir)? else {
+            continue;
+        };
         for e in d.entries()? {
             let e = e?;
             let name = e.file_name().to_string_lossy().into_owned();
             if name.ends_with(".conf") && e.file_type()?.is_file() {
-                by_name.insert(name.clone(), String::from_utf8_lossy(&d.read(&name)?).into_owned());
+                by_name.insert(
+                    name.clone(),
+                    String::from_utf8_lossy(&d.read(&name)?).into_owned(),
+                );
             }
         }
     }
@@ -157,7 +164,10 @@ fn tmpfiles(root: &Dir) -> Result<BTreeMap<String, TmpfilesEntry>> {
 
 /// Types that create the path (rather than clean, remove or relabel it).
 fn creates(kind: char) -> bool {
-    matches!(kind, 'f' | 'w' | 'd' | 'D' | 'v' | 'q' | 'Q' | 'p' | 'L' | 'c' | 'b' | 'C')
+    matches!(
+        kind,
+        'f' | 'w' | 'd' | 'D' | 'v' | 'q' | 'Q' | 'p' | 'L' | 'c' | 'b' | 'C'
+    )
 }
 
 fn check_var_content(root: &Dir) -> Result<Vec<Finding>> {
@@ -174,7 +184,11 @@ fn check_var_content(root: &Dir) -> Result<Vec<Finding>> {
         }
         // The directories leading to a tmpfiles.d path are made by it.
         let prefix = format!("{abs}/");
-        if meta.is_dir() && tf.iter().any(|(p, e)| creates(e.kind) && p.starts_with(&prefix)) {
+        if meta.is_dir()
+            && tf
+                .iter()
+                .any(|(p, e)| creates(e.kind) && p.starts_with(&prefix))
+        {
             return Ok(());
         }
         let what = if meta.is_dir() {
@@ -215,7 +229,10 @@ fn check_run_content(root: &Dir) -> Result<Vec<Finding>> {
     let Some(d) = root.open_dir_optional("run")? else {
         return Ok(out);
     };
-    let mut names: Vec<_> = d.entries()?.map(|e| e.map(|e| e.file_name())).collect::<Result<_, _>>()?;
+    let mut names: Vec<_> = d
+        .entries()?
+        .map(|e| e.map(|e| e.file_name()))
+        .collect::<Result<_, _>>()?;
     names.sort();
     for n in names {
         // Injected by podman/buildah into every RUN step, not image content.
@@ -245,7 +262,8 @@ fn id_names(text: &str) -> BTreeMap<u32, String> {
 }
 
 fn check_var_owners(root: &Dir) -> Result<Vec<Finding>> {
-    let read = |p: &str| -> Result<String> { Ok(root.read_to_string_optional(p)?.unwrap_or_default()) };
+    let read =
+        |p: &str| -> Result<String> { Ok(root.read_to_string_optional(p)?.unwrap_or_default()) };
     let passwd = id_names(&read("etc/passwd")?);
     let group = id_names(&read("etc/group")?);
     let (mut users, mut groups) = (BTreeSet::new(), BTreeSet::new());
@@ -259,8 +277,20 @@ fn check_var_owners(root: &Dir) -> Result<Vec<Finding>> {
         let abs = display(path);
         let entry = tf.get(&abs);
         for (kind, id, names, declared, set_by_tmpfiles) in [
-            ("user", meta.uid(), &passwd, &users, entry.and_then(|e| e.user.clone())),
-            ("group", meta.gid(), &group, &groups, entry.and_then(|e| e.group.clone())),
+            (
+                "user",
+                meta.uid(),
+                &passwd,
+                &users,
+                entry.and_then(|e| e.user.clone()),
+            ),
+            (
+                "group",
+                meta.gid(),
+                &group,
+                &groups,
+                entry.and_then(|e| e.group.clone()),
+            ),
         ] {
             if id == 0 {
                 continue;
@@ -330,9 +360,17 @@ mod tests {
         // Only the topmost uncovered directory is reported.
         assert_eq!(f.len(), 1, "{f:?}");
         assert_eq!(f[0].path, "/var/lib");
-        assert!(f[0].fix.contains("d /var/lib 0755 root root -"), "{}", f[0].fix);
+        assert!(
+            f[0].fix.contains("d /var/lib 0755 root root -"),
+            "{}",
+            f[0].fix
+        );
         // A tmpfiles path below a directory covers the directories to it.
-        file(&t, "etc/tmpfiles.d/state.conf", b"d /var/lib/app/state 0700 root root -\n");
+        file(
+            &t,
+            "etc/tmpfiles.d/state.conf",
+            b"d /var/lib/app/state 0700 root root -\n",
+        );
         let f = check_var_content(&t).unwrap();
         assert_eq!(f.len(), 1, "{f:?}");
         assert_eq!(f[0].path, "/var/lib/app/state/db");
@@ -354,12 +392,19 @@ mod tests {
     #[test]
     fn parsers() {
         let mut m = BTreeMap::new();
-        parse_tmpfiles("# c\n\nd /var/x/ 0755 app - -\nL+ /var/y - - - - /z\n", &mut m);
+        parse_tmpfiles(
+            "# c\n\nd /var/x/ 0755 app - -\nL+ /var/y - - - - /z\n",
+            &mut m,
+        );
         assert_eq!(m["/var/x"].user.as_deref(), Some("app"));
         assert_eq!(m["/var/x"].group, None);
         assert_eq!(m["/var/y"].kind, 'L');
         let (mut u, mut g) = (BTreeSet::new(), BTreeSet::new());
-        parse_sysusers("u app 990 \"App\" /var/lib/app\ng web -\nm app web\n", &mut u, &mut g);
+        parse_sysusers(
+            "u app 990 \"App\" /var/lib/app\ng web -\nm app web\n",
+            &mut u,
+            &mut g,
+        );
         assert_eq!(u.into_iter().collect::<Vec<_>>(), ["app"]);
         assert_eq!(g.into_iter().collect::<Vec<_>>(), ["app", "web"]);
     }
@@ -371,7 +416,11 @@ mod tests {
             return;
         }
         let t = tree();
-        file(&t, "etc/passwd", b"root:x:0:0::/root:/bin/sh\napp:x:990:990::/:/bin/false\nok:x:991:991::/:/bin/false\n");
+        file(
+            &t,
+            "etc/passwd",
+            b"root:x:0:0::/root:/bin/sh\napp:x:990:990::/:/bin/false\nok:x:991:991::/:/bin/false\n",
+        );
         file(&t, "etc/group", b"root:x:0:\napp:x:990:\nok:x:991:\n");
         file(&t, "usr/lib/sysusers.d/ok.conf", b"u ok 991\n");
         file(&t, "var/lib/app/a", b"");
@@ -379,9 +428,20 @@ mod tests {
         file(&t, "var/lib/ok/c", b"");
         file(&t, "var/lib/num/d", b"");
         file(&t, "var/lib/tf/e", b"");
-        file(&t, "usr/lib/tmpfiles.d/tf.conf", b"d /var/lib/tf 0755 app app -\n");
+        file(
+            &t,
+            "usr/lib/tmpfiles.d/tf.conf",
+            b"d /var/lib/tf 0755 app app -\n",
+        );
         let own = |p: &str, id: u32| {
-            chownat(&*t, p, Some(Uid::from_raw(id)), Some(Gid::from_raw(id)), AtFlags::SYMLINK_NOFOLLOW).unwrap()
+            chownat(
+                &*t,
+                p,
+                Some(Uid::from_raw(id)),
+                Some(Gid::from_raw(id)),
+                AtFlags::SYMLINK_NOFOLLOW,
+            )
+            .unwrap()
         };
         own("var/lib/app/a", 990);
         own("var/lib/app/b", 990);
@@ -390,7 +450,10 @@ mod tests {
         own("var/lib/tf", 990);
         assert!(check_var_owners(&t).is_ok());
         let f = check_var_owners(&t).unwrap();
-        let summary: Vec<_> = f.iter().map(|f| (f.path.as_str(), f.problem.split(',').next().unwrap())).collect();
+        let summary: Vec<_> = f
+            .iter()
+            .map(|f| (f.path.as_str(), f.problem.split(',').next().unwrap()))
+            .collect();
         assert_eq!(
             summary,
             [

@@ -35,11 +35,7 @@ pub(crate) fn walk(
     walk_dir(&d, &base, f)
 }
 
-fn walk_dir(
-    d: &Dir,
-    base: &Path,
-    f: &mut dyn FnMut(&Path, &Metadata) -> Result<()>,
-) -> Result<()> {
+fn walk_dir(d: &Dir, base: &Path, f: &mut dyn FnMut(&Path, &Metadata) -> Result<()>) -> Result<()> {
     let mut entries = Vec::new();
     for e in d
         .entries()

@@ -18,7 +18,10 @@ pub fn pages() -> Result<Vec<(String, Vec<u8>)>> {
 }
 
 fn render(cmd: &clap::Command, name: &str, out: &mut Vec<(String, Vec<u8>)>) -> Result<()> {
-    let named = cmd.clone().name(name.to_owned()).bin_name(name.replace('-', " "));
+    let named = cmd
+        .clone()
+        .name(name.to_owned())
+        .bin_name(name.replace('-', " "));
     let mut buf = Vec::new();
     clap_mangen::Man::new(named)
         .title(name.to_uppercase())
@@ -70,12 +73,25 @@ mod tests {
     #[test]
     fn one_page_per_verb() {
         let names: Vec<_> = pages().unwrap().into_iter().map(|(n, _)| n).collect();
-        for n in ["bootc.8", "bootc-upgrade.8", "bootc-image-pull.8", "bootc-container-lint.8", "bootc-completion.8"] {
+        for n in [
+            "bootc.8",
+            "bootc-upgrade.8",
+            "bootc-image-pull.8",
+            "bootc-container-lint.8",
+            "bootc-completion.8",
+        ] {
             assert!(names.iter().any(|x| x == n), "{n} not in {names:?}");
         }
         assert!(!names.iter().any(|n| n.contains("internals")));
-        let (_, text) = pages().unwrap().into_iter().find(|(n, _)| n == "bootc-upgrade.8").unwrap();
+        let (_, text) = pages()
+            .unwrap()
+            .into_iter()
+            .find(|(n, _)| n == "bootc-upgrade.8")
+            .unwrap();
         let text = String::from_utf8(text).unwrap();
-        assert!(text.contains("bootc\\-upgrade") && text.contains("\\-\\-sysroot"), "{text}");
+        assert!(
+            text.contains("bootc\\-upgrade") && text.contains("\\-\\-sysroot"),
+            "{text}"
+        );
     }
 }

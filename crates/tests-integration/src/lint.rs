@@ -131,13 +131,18 @@ fn ensure_base() -> Result<()> {
         .args(["image", "exists", BASE])
         .status()
         .context("Running podman image exists")?;
-    ensure!(st.success(), "{BASE} is not in podman's storage: run `examples/build.sh latest` first");
+    ensure!(
+        st.success(),
+        "{BASE} is not in podman's storage: run `examples/build.sh latest` first"
+    );
     Ok(())
 }
 
 /// A build context holding the bootc under test (debug info stripped).
 fn context(ctx: &Ctx) -> Result<tempfile::TempDir> {
-    let dir = tempfile::Builder::new().prefix("packaging-lint.").tempdir_in("/var/tmp")?;
+    let dir = tempfile::Builder::new()
+        .prefix("packaging-lint.")
+        .tempdir_in("/var/tmp")?;
     let bin = dir.path().join("bootc");
     std::fs::copy(&ctx.bootc.bin, &bin)?;
     run(Command::new("strip").arg("--strip-debug").arg(&bin))?;
@@ -147,12 +152,17 @@ fn context(ctx: &Ctx) -> Result<tempfile::TempDir> {
 /// Build `FROM BASE`, our bootc, `breakage`, then `lint`; the build's
 /// output and whether it succeeded. Nothing is tagged.
 fn build(dir: &Path, breakage: &str, lint: &str) -> Result<(bool, String)> {
-    let containerfile = format!(
-        "FROM {BASE}\nCOPY bootc /usr/bin/bootc\nRUN set -eu; {breakage}\nRUN {lint}\n"
-    );
+    let containerfile =
+        format!("FROM {BASE}\nCOPY bootc /usr/bin/bootc\nRUN set -eu; {breakage}\nRUN {lint}\n");
     std::fs::write(dir.join("Containerfile"), containerfile)?;
     let out = Command::new("podman")
-        .args(["build", "--isolation=chroot", "--layers=false", "--rm", "-f"])
+        .args([
+            "build",
+            "--isolation=chroot",
+            "--layers=false",
+            "--rm",
+            "-f",
+        ])
         .arg(dir.join("Containerfile"))
         .arg(dir)
         .output()
@@ -165,7 +175,9 @@ fn build(dir: &Path, breakage: &str, lint: &str) -> Result<(bool, String)> {
     // An untagged image of a successful build is removed again.
     if out.status.success() {
         if let Some(id) = String::from_utf8_lossy(&out.stdout).lines().last() {
-            let _ = Command::new("podman").args(["rmi", "-f", id.trim()]).output();
+            let _ = Command::new("podman")
+                .args(["rmi", "-f", id.trim()])
+                .output();
         }
     }
     Ok((out.status.success(), text))
@@ -177,14 +189,21 @@ fn lint_example_image_passes(ctx: &Ctx) -> Result<()> {
     let (ok, text) = build(dir.path(), "true", LINT)?;
     ensure!(ok, "lint failed on the example image:\n{text}");
     ensure!(text.contains("Checks passed: "), "no summary:\n{text}");
-    ensure!(!text.contains("error["), "errors on the example image:\n{text}");
+    ensure!(
+        !text.contains("error["),
+        "errors on the example image:\n{text}"
+    );
     // --list and --skip from the CLI: the known checks, and an unknown name refused.
     let list = run(Command::new(&ctx.bootc.bin).args(["container", "lint", "--list"]))?;
     let list = String::from_utf8_lossy(&list.stdout);
     for c in CASES {
         ensure!(list.contains(c.check), "--list lacks {}:\n{list}", c.check);
     }
-    let (ok, text) = build(dir.path(), "rmdir /sysroot", "bootc container lint --skip api-base-directories")?;
+    let (ok, text) = build(
+        dir.path(),
+        "rmdir /sysroot",
+        "bootc container lint --skip api-base-directories",
+    )?;
     ensure!(ok, "--skip did not skip:\n{text}");
     ensure!(text.contains("Checks skipped: 1"), "{text}");
     Ok(())
@@ -196,17 +215,37 @@ fn lint_broken_image_per_check(ctx: &Ctx) -> Result<()> {
     let mut failures = Vec::new();
     for c in CASES {
         let (ok, text) = build(dir.path(), c.breakage, c.lint)?;
-        let label = if c.lint == LINT_FATAL { "warning" } else { "error" };
+        let label = if c.lint == LINT_FATAL {
+            "warning"
+        } else {
+            "error"
+        };
         let want = format!("{label}[{}]: ", c.check);
-        let found = text.lines().position(|l| l.starts_with(&want) && l.contains(c.path));
-        let fix = found.and_then(|i| text.lines().nth(i + 1)).is_some_and(|l| l.starts_with("  fix: "));
-        eprintln!("lint case {}: build ok={ok} found={} fix={fix}", c.check, found.is_some());
+        let found = text
+            .lines()
+            .position(|l| l.starts_with(&want) && l.contains(c.path));
+        let fix = found
+            .and_then(|i| text.lines().nth(i + 1))
+            .is_some_and(|l| l.starts_with("  fix: "));
+        eprintln!(
+            "lint case {}: build ok={ok} found={} fix={fix}",
+            c.check,
+            found.is_some()
+        );
         if ok || found.is_none() || !fix {
-            failures.push(format!("{} (want a line `{want}...{}...` and a fix line, build must fail):\n{text}", c.check, c.path));
+            failures.push(format!(
+                "{} (want a line `{want}...{}...` and a fix line, build must fail):\n{text}",
+                c.check, c.path
+            ));
         }
     }
     if !failures.is_empty() {
-        bail!("{} of {} cases wrong:\n{}", failures.len(), CASES.len(), failures.join("\n"));
+        bail!(
+            "{} of {} cases wrong:\n{}",
+            failures.len(),
+            CASES.len(),
+            failures.join("\n")
+        );
     }
     Ok(())
 }

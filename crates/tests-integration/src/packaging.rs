@@ -31,8 +31,15 @@ fn package(ctx: &Ctx, out: &Path, version: &str) -> Result<String> {
         .env("BOOTC_INITRAMFS_SETUP_BIN", &setup)
         .env("BOOTC_DEB_VERSION", version)
         .env("BOOTC_DEB_OUTDIR", out))?;
-    let text = format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
-    ensure!(!text.lines().any(|l| l.starts_with("E: ")), "lintian errors:\n{text}");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    ensure!(
+        !text.lines().any(|l| l.starts_with("E: ")),
+        "lintian errors:\n{text}"
+    );
     let deb = format!("bootc_{version}_amd64.deb");
     ensure!(out.join(&deb).exists(), "{deb} not built:\n{text}");
     Ok(deb)
@@ -101,7 +108,9 @@ echo PURGED-OK
 "#;
 
 fn packaging_deb_install_upgrade_purge(ctx: &Ctx) -> Result<()> {
-    let out = tempfile::Builder::new().prefix("packaging-deb.").tempdir_in("/var/tmp")?;
+    let out = tempfile::Builder::new()
+        .prefix("packaging-deb.")
+        .tempdir_in("/var/tmp")?;
     package(ctx, out.path(), "0.1.0")?;
     package(ctx, out.path(), "0.1.1")?;
     let base = base_image()?;
@@ -113,7 +122,11 @@ fn packaging_deb_install_upgrade_purge(ctx: &Ctx) -> Result<()> {
         .args([&base, "bash", "-c", SCRIPT])
         .output()
         .context("Running podman run")?;
-    let text = format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
     ensure!(o.status.success(), "install/upgrade/purge failed:\n{text}");
     for step in ["INSTALLED-OK", "UPGRADED-OK", "PURGED-OK"] {
         ensure!(text.contains(step), "{step} missing:\n{text}");
