@@ -9,6 +9,7 @@ PACKAGES=(
   jq python3 python3-jsonschema binutils time busybox-static
   git procps hyperfine gnupg
   python3-nacl python3-cryptography openssl
+  debhelper lintian fakeroot
 )
 missing=()
 for p in "${PACKAGES[@]}"; do

@@ -51,6 +51,11 @@ pub enum Command {
     /// Mount a transient writable overlay on /usr, discarded at reboot.
     #[command(alias = "usroverlay")]
     UsrOverlay(crate::usr_overlay::UsrOverlayArgs),
+    /// Operations for image builds: `bootc container lint`.
+    #[command(subcommand)]
+    Container(crate::container::ContainerCommand),
+    /// Print a shell completion script (bash, zsh or fish).
+    Completion(crate::completion::CompletionArgs),
     /// Internal operations, not a stable interface.
     #[command(subcommand, hide = true)]
     Internals(crate::internals::InternalsCommand),
@@ -77,6 +82,8 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Pin(args) => crate::pin::run(&cli.sysroot, args),
         Command::LoaderEntries(cmd) => crate::loader_entries::run(&cli.sysroot, cmd),
         Command::UsrOverlay(args) => crate::usr_overlay::run(&cli.sysroot, &args),
+        Command::Container(cmd) => crate::container::run(cmd),
+        Command::Completion(args) => crate::completion::run(&args),
         Command::Internals(cmd) => crate::internals::run(&cli.sysroot, cmd),
     }
 }

@@ -13,12 +13,16 @@
 //! - [`pin`]: `bootc pin`.
 //! - [`loader_entries`]: `bootc loader-entries set-options-for-source`.
 //! - [`usr_overlay`]: `bootc usr-overlay`.
+//! - [`container`]: `bootc container lint` (checks in `bootc-lint`).
+//! - [`completion`]: `bootc completion bash|zsh|fish`.
 //! - [`internals`]: `bootc internals finalize-staged|diff-staged|boot-check|seal-store`.
 //!
 //! Shared by the verbs: [`output`] (the engine's reporter for the terminal,
 //! how an update or rollback is told) and [`progress`] (pull progress).
 
 pub mod cli;
+pub mod completion;
+pub mod container;
 pub mod edit;
 pub mod image;
 pub mod install;

@@ -12,6 +12,8 @@ mod hostile;
 mod guest;
 mod lifecycle;
 mod powercut;
+mod lint;
+mod packaging;
 mod pull;
 mod signed;
 mod signed_offline;
@@ -55,6 +57,8 @@ fn main() -> Result<()> {
         .chain(fidelity::TESTS)
         .chain(signed_sigstore::TESTS)
         .chain(signed_offline::TESTS)
+        .chain(lint::TESTS)
+        .chain(packaging::TESTS)
         .copied()
         .collect();
     let ctx = if root && !args.list {
