@@ -428,8 +428,16 @@ impl Esp {
             if !name.to_ascii_lowercase().ends_with(".conf") {
                 continue;
             }
-            let Some(buf) = self.read(&format!("{ENTRIES}/{name}"))? else {
-                continue;
+            // An entry that cannot be read is skipped, as systemd-boot skips
+            // it: after a power cut in the middle of removing an old
+            // generation, its directory entry can outlive its FAT chain.
+            let buf = match self.read(&format!("{ENTRIES}/{name}")) {
+                Ok(Some(buf)) => buf,
+                Ok(None) => continue,
+                Err(e) => {
+                    tracing::warn!("skipping ::{ENTRIES}/{name}: {e:#}");
+                    continue;
+                }
             };
             match parse_bls(&String::from_utf8_lossy(&buf)) {
                 Ok(e) => out.push((name, e)),

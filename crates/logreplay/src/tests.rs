@@ -108,7 +108,7 @@ fn subsets_stay_in_their_window_and_keep_fua_writes() {
         seen.insert(s);
     }
     assert!(seen.len() >= 4, "too few distinct subsets: {seen:?}");
-    assert_eq!(log.subset(6, 1).iter().all(|&i| i == 7), true);
+    assert!(log.subset(6, 1).iter().all(|&i| i == 7));
 }
 
 #[test]
