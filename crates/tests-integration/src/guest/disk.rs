@@ -133,8 +133,10 @@ impl Drop for Mounted {
 }
 
 /// Run `f` on the root filesystem of the installed `disk`, mounted
-/// (read-only unless `writable`) from a loop device over the root
-/// partition; unmounted and detached afterwards, whatever `f` returned.
+/// (read-only unless `writable`) from the root partition of a loop device
+/// over the whole disk (bootc finds the ESP through the disk of the
+/// mounted root, so a loop device over the partition alone will not do);
+/// unmounted and detached afterwards, whatever `f` returned.
 pub(crate) fn with_root_fs<T>(
     disk: &Path,
     writable: bool,
@@ -150,9 +152,11 @@ pub(crate) fn with_root_fs<T>(
                 disk.display()
             )
         })?;
-    let range = Some((root.start_bytes, root.size_bytes));
-    let lo = LoopDev::attach(disk, !writable, range, false)?;
-    let m = Mounted::new(&lo.dev, if writable { "rw" } else { "ro" })?;
+    let lo = LoopDev::attach(disk, !writable, None, true)?;
+    let m = Mounted::new(
+        lo.partition(root.number)?,
+        if writable { "rw" } else { "ro" },
+    )?;
     let r = f(m.path());
     drop(m);
     drop(lo);
