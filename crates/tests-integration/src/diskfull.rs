@@ -109,7 +109,7 @@ pub(crate) fn fixture(ctx: &Ctx, work: &Path) -> Result<(std::path::PathBuf, u32
     }
     let base = work.join("base.img");
     fs::File::create(&base)?.set_len(4 << 30)?;
-    crate::lifecycle::install_to_disk(ctx, &format!("{REPO}:v1"), "systemd", &[], &base)?;
+    crate::guest::install_to_disk(&ctx.bootc, &format!("{REPO}:v1"), "systemd", &[], &base)?;
     let (esp_n, root_n) = layout(&base)?;
     let lo = Lo::attach(&base, false)?;
     run(Command::new("tune2fs").args(["-m", "0"]).arg(lo.part(root_n)?))?;

@@ -286,11 +286,11 @@ fn sweep(ctx: &Ctx, fs: &str, bootloader: &str, sample: Option<usize>, subsets_e
     build_images(work)?;
     let base = work.join("base.img");
     fs::File::create(&base)?.set_len(4 << 30)?;
-    crate::lifecycle::install_to_disk(
-        ctx,
+    crate::guest::install_to_disk(
+        &ctx.bootc,
         &format!("{REPO}:v1"),
         bootloader,
-        &["--filesystem".into(), fs.into()],
+        &["--filesystem", fs],
         &base,
     )?;
     let (esp_n, root_n) = layout(&base)?;

@@ -9,7 +9,6 @@ use std::process::{Command, Stdio};
 use anyhow::{Context, Result, ensure};
 use bootc_tests_integration::{ImageSpec, count_objects, noise, run};
 
-use crate::guest::{self, disk::deployment_ids};
 use crate::{Ctx, TestFn};
 
 /// The tests of this module.

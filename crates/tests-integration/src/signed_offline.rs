@@ -141,11 +141,11 @@ fn signed_by_gpg_install_enforce_refuses_accept_anything(ctx: &Ctx) -> Result<()
 struct Installed {
     mnt: PathBuf,
     _mounted: Mounted,
-    _lo: crate::lifecycle::Loop,
+    _lo: crate::guest::LoopDev,
 }
 
 fn mount_root(work: &Path, disk: &Path) -> Result<Installed> {
-    let lo = crate::lifecycle::Loop::attach(disk)?;
+    let lo = crate::guest::LoopDev::attach(disk, false, None, true)?;
     let root = bootc_tests_integration::vm::partitions(disk)?
         .into_iter()
         .find(|p| p.type_guid == ROOT_X86_64)
