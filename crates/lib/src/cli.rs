@@ -5,7 +5,7 @@ use std::ffi::OsString;
 use std::path::PathBuf;
 
 use anyhow::Result;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 /// Transactional, in-place operating system updates using OCI container images.
 #[derive(Debug, Parser)]
@@ -83,7 +83,7 @@ async fn run(cli: Cli) -> Result<()> {
         Command::LoaderEntries(cmd) => crate::loader_entries::run(&cli.sysroot, cmd),
         Command::UsrOverlay(args) => crate::usr_overlay::run(&cli.sysroot, &args),
         Command::Container(cmd) => crate::container::run(cmd),
-        Command::Completion(args) => crate::completion::run(&args),
+        Command::Completion(args) => crate::completion::run(&args, Cli::command()),
         Command::Internals(cmd) => crate::internals::run(&cli.sysroot, cmd),
     }
 }
@@ -93,7 +93,6 @@ mod tests {
     use super::*;
     use crate::image::ImageCommand;
     use crate::internals::InternalsCommand;
-    use clap::CommandFactory;
 
     #[test]
     fn cli_is_consistent() {
