@@ -63,10 +63,12 @@ enum Deviation {
     /// metadata). The spec applies only the entries a layer has: we keep
     /// the lower layer's directory, or create a missing one with mtime 0.
     MtimeOf(&'static [&'static str]),
-    /// podman refuses the image ("processing tar file(file exists)"): a
-    /// layer has a file and, after it, a whiteout for it. The spec says a
-    /// whiteout hides only lower layers' files, so we keep the file; the
-    /// listed paths must be present and absent as given.
+    /// podman refuses the image: a layer has a file and, after it, a
+    /// whiteout for it ("processing tar file(file exists)"; the spec says a
+    /// whiteout hides only lower layers' files, so we keep the file), or a
+    /// path twice ("duplicates of file paths not supported"; a tar is
+    /// unpacked in order, the last entry wins). The listed paths must be
+    /// present and absent as given, and all transports agree.
     PodmanRefuses {
         present: &'static [&'static str],
         absent: &'static [&'static str],
@@ -89,7 +91,8 @@ const CASES: &[(&str, &[Deviation])] = &[
     ("missing-parents", &[MtimeOf(&["/usr", "/usr/lib", "/usr/lib/deep", "/usr/lib/deep/er",
         "/usr/lib/deep/er/still", "/opt", "/opt/x", "/var"])]),
     ("type-change", &[]),
-    ("duplicates", &[]),
+    // podman: "duplicates of file paths not supported". Last one wins.
+    ("duplicates", &[PodmanRefuses { present: &["/usr/dup", "/usr/ddir/in", "/usr/was-file/in"], absent: &[] }]),
     ("empty-layers", &[]),
     ("many-layers", &[]),
     ("compression", &[]),
