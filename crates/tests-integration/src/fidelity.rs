@@ -251,19 +251,16 @@ fn check_case(ctx: &Ctx, corpus: &Corpus, case: &str, deviations: &[Deviation]) 
         .arg(&layout)
         .arg("."))?;
     let registry_ref = format!("{}/fidelity-{case}:latest", ctx.registry.addr);
+    // A Docker-typed case goes to the registry as Docker schema 2 (skopeo
+    // converts its OCI twin), the way registries hold `docker push`ed images.
+    let mut push = Command::new("skopeo");
+    push.args(["copy", "--quiet", "--all", "--dest-tls-verify=false"]);
     if for_podman != layout {
-        run(Command::new("python3")
-            .arg(SCRIPT)
-            .arg("push")
-            .arg(&ctx.registry.addr)
-            .arg(&layout)
-            .arg(format!("fidelity-{case}")))?;
-    } else {
-        run(Command::new("skopeo")
-            .args(["copy", "--quiet", "--all", "--dest-tls-verify=false"])
-            .arg(format!("oci:{}:latest", layout.display()))
-            .arg(format!("docker://{registry_ref}")))?;
+        push.args(["--format", "v2s2"]);
     }
+    run(push
+        .arg(format!("oci:{}:latest", for_podman.display()))
+        .arg(format!("docker://{registry_ref}")))?;
     let mut transports = vec![
         format!("oci:{}:latest", layout.display()),
         format!("oci-archive:{}:latest", archive.display()),
