@@ -518,24 +518,37 @@ pub(crate) async fn fetch_via_proxy(
         "Fetching config {}",
         config_desc.digest()
     )));
-    let (config, driver) = proxy
-        .get_descriptor(&img, config_desc)
-        .await
-        .with_context(|| format!("Fetching config {}", config_desc.digest()))?;
-    let read = async move {
-        let mut data = Vec::new();
-        config
-            .take(validate::MAX_JSON_BLOB_SIZE + 1)
-            .read_to_end(&mut data)
+    // skopeo hands a Docker schema 2 image over as an OCI manifest it
+    // converted (the digest it names is the original's), whose config is
+    // converted too and is not a blob in the registry: ask for that one.
+    let converted = validate::sha256_digest(&raw_manifest) != digest;
+    let config = if converted {
+        proxy
+            .fetch_config_raw(&img)
             .await
-            .map(|_| data)
+            .map_err(anyhow::Error::new)
+            .and_then(|data| validate::check_blob(config_desc, &data).map(|()| data))
+            .with_context(|| format!("Fetching config {}", config_desc.digest()))?
+    } else {
+        let (config, driver) = proxy
+            .get_descriptor(&img, config_desc)
+            .await
+            .with_context(|| format!("Fetching config {}", config_desc.digest()))?;
+        let read = async move {
+            let mut data = Vec::new();
+            config
+                .take(validate::MAX_JSON_BLOB_SIZE + 1)
+                .read_to_end(&mut data)
+                .await
+                .map(|_| data)
+        };
+        let (data, finished) = tokio::join!(read, driver);
+        finished
+            .map_err(anyhow::Error::new)
+            .and_then(|()| Ok(data?))
+            .and_then(|data| validate::check_blob(config_desc, &data).map(|()| data))
+            .with_context(|| format!("Fetching config {}", config_desc.digest()))?
     };
-    let (data, finished) = tokio::join!(read, driver);
-    let config = finished
-        .map_err(anyhow::Error::new)
-        .and_then(|()| Ok(data?))
-        .and_then(|data| validate::check_blob(config_desc, &data).map(|()| data))
-        .with_context(|| format!("Fetching config {}", config_desc.digest()))?;
     let (_, diff_ids) = validate::parse_config(&config, &manifest)
         .with_context(|| format!("Checking config {}", config_desc.digest()))?;
 

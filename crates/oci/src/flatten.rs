@@ -34,7 +34,9 @@
 //!   directory replaces its metadata and keeps its contents; any other entry
 //!   replaces what was there (a path can change type between layers).
 //! - **Hard links** share the leaf they link to (as it is when the link
-//!   entry is read), which must be a non-directory already in the tree.
+//!   entry is read), which must be a non-directory already in the tree; the
+//!   link entry's owner, mode, mtime and xattrs then apply to that leaf, as
+//!   when a tar is unpacked onto a filesystem. Symlinks have mode 0777.
 //! - **Extended attributes** are kept, every namespace (`user.`,
 //!   `security.`, `trusted.`), except names under `trusted.overlay.`:
 //!   that is overlayfs' own namespace (composefs itself marks its files
@@ -56,7 +58,7 @@ use std::path::{Component, Path};
 
 use anyhow::{Context, Result, anyhow, bail};
 use bootc_store::{ObjectId, Repo};
-use composefs::tree::{Directory, FileSystem, Inode, Stat};
+use composefs::tree::{Directory, FileSystem, Inode, LeafContent, Stat};
 use composefs_oci::LAYER_CONTENT_TYPE;
 use composefs_oci::tar::{TarEntry, TarItem, get_entry};
 
@@ -282,8 +284,27 @@ fn apply_entry(fs: &mut FileSystem<ObjectId>, entry: TarEntry<ObjectId>) -> Resu
     let inode = match item {
         _ if is_whiteout => None,
         TarItem::Directory => Some(Inode::Directory(Box::new(Directory::new(stat)))),
-        TarItem::Leaf(content) => Some(Inode::leaf(fs.push_leaf(stat, content))),
-        TarItem::Hardlink(target) => Some(Inode::leaf(hardlink_target(fs, &path, &target)?)),
+        TarItem::Leaf(content) => {
+            if matches!(content, LeafContent::Symlink(_)) {
+                // Linux gives every symlink mode 0777, whatever the tar says.
+                stat.st_mode = 0o777;
+            }
+            Some(Inode::leaf(fs.push_leaf(stat, content)))
+        }
+        TarItem::Hardlink(target) => {
+            let id = hardlink_target(fs, &path, &target)?;
+            // The link entry's metadata applies to the inode it shares, as
+            // when a tar is unpacked (containers-storage sets owner, mode,
+            // xattrs and times on the path it has just linked).
+            let leaf = fs.leaf_mut(id);
+            let mut xattrs = std::mem::take(&mut leaf.stat.xattrs);
+            xattrs.extend(stat.xattrs);
+            if matches!(leaf.content, LeafContent::Symlink(_)) {
+                stat.st_mode = 0o777;
+            }
+            leaf.stat = Stat { xattrs, ..stat };
+            Some(Inode::leaf(id))
+        }
     };
     let dir = parent_dir_mut(&mut fs.root, parents, &path)?;
     if let Some(inode) = inode {
@@ -365,7 +386,7 @@ mod tests {
     use std::collections::BTreeMap;
     use std::path::PathBuf;
 
-    use composefs::tree::{LeafContent, RegularFile};
+    use composefs::tree::RegularFile;
 
     use super::*;
 

@@ -63,10 +63,12 @@ enum Deviation {
     /// metadata). The spec applies only the entries a layer has: we keep
     /// the lower layer's directory, or create a missing one with mtime 0.
     MtimeOf(&'static [&'static str]),
-    /// podman refuses the image ("processing tar file(file exists)"): a
-    /// layer has a file and, after it, a whiteout for it. The spec says a
-    /// whiteout hides only lower layers' files, so we keep the file; the
-    /// listed paths must be present and absent as given.
+    /// podman refuses the image: a layer has a file and, after it, a
+    /// whiteout for it ("processing tar file(file exists)"; the spec says a
+    /// whiteout hides only lower layers' files, so we keep the file), or a
+    /// path twice ("duplicates of file paths not supported"; a tar is
+    /// unpacked in order, the last entry wins). The listed paths must be
+    /// present and absent as given, and all transports agree.
     PodmanRefuses {
         present: &'static [&'static str],
         absent: &'static [&'static str],
@@ -89,7 +91,8 @@ const CASES: &[(&str, &[Deviation])] = &[
     ("missing-parents", &[MtimeOf(&["/usr", "/usr/lib", "/usr/lib/deep", "/usr/lib/deep/er",
         "/usr/lib/deep/er/still", "/opt", "/opt/x", "/var"])]),
     ("type-change", &[]),
-    ("duplicates", &[]),
+    // podman: "duplicates of file paths not supported". Last one wins.
+    ("duplicates", &[PodmanRefuses { present: &["/usr/dup", "/usr/ddir/in", "/usr/was-file/in"], absent: &[] }]),
     ("empty-layers", &[]),
     ("many-layers", &[]),
     ("compression", &[]),
@@ -248,19 +251,16 @@ fn check_case(ctx: &Ctx, corpus: &Corpus, case: &str, deviations: &[Deviation]) 
         .arg(&layout)
         .arg("."))?;
     let registry_ref = format!("{}/fidelity-{case}:latest", ctx.registry.addr);
+    // A Docker-typed case goes to the registry as Docker schema 2 (skopeo
+    // converts its OCI twin), the way registries hold `docker push`ed images.
+    let mut push = Command::new("skopeo");
+    push.args(["copy", "--quiet", "--all", "--dest-tls-verify=false"]);
     if for_podman != layout {
-        run(Command::new("python3")
-            .arg(SCRIPT)
-            .arg("push")
-            .arg(&ctx.registry.addr)
-            .arg(&layout)
-            .arg(format!("fidelity-{case}")))?;
-    } else {
-        run(Command::new("skopeo")
-            .args(["copy", "--quiet", "--all", "--dest-tls-verify=false"])
-            .arg(format!("oci:{}:latest", layout.display()))
-            .arg(format!("docker://{registry_ref}")))?;
+        push.args(["--format", "v2s2"]);
     }
+    run(push
+        .arg(format!("oci:{}:latest", for_podman.display()))
+        .arg(format!("docker://{registry_ref}")))?;
     let mut transports = vec![
         format!("oci:{}:latest", layout.display()),
         format!("oci-archive:{}:latest", archive.display()),
