@@ -14,6 +14,7 @@
 //! name (`bootc/<bootDigest>/`) and a kernel command line.
 
 pub mod bls;
+pub mod checkpoint;
 pub mod counting;
 pub mod entries;
 pub mod esp;
