@@ -114,14 +114,23 @@ fn packaging_deb_install_upgrade_purge(ctx: &Ctx) -> Result<()> {
     package(ctx, out.path(), "0.1.0")?;
     package(ctx, out.path(), "0.1.1")?;
     let base = base_image()?;
+    // `podman run` cannot set rlimits here (crun); a chroot build step can.
+    std::fs::write(out.path().join("step.sh"), SCRIPT)?;
+    std::fs::write(
+        out.path().join("Containerfile"),
+        format!("FROM {base}\nCOPY . /deb/\nRUN bash /deb/step.sh\n"),
+    )?;
     let o = Command::new("podman")
-        .args(["run", "--rm", "--name"])
-        .arg(format!("packaging-deb-{}", std::process::id()))
-        .arg("-v")
-        .arg(format!("{}:/deb:ro", out.path().display()))
-        .args([&base, "bash", "-c", SCRIPT])
+        .args(["build", "--isolation=chroot", "--layers=false", "--rm", "-f"])
+        .arg(out.path().join("Containerfile"))
+        .arg(out.path())
         .output()
-        .context("Running podman run")?;
+        .context("Running podman build")?;
+    if o.status.success() {
+        if let Some(id) = String::from_utf8_lossy(&o.stdout).lines().last() {
+            let _ = Command::new("podman").args(["rmi", "-f", id.trim()]).output();
+        }
+    }
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&o.stdout),
