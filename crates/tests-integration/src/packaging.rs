@@ -87,7 +87,8 @@ apt-get install -y -q --no-install-recommends /deb/bootc_0.1.0_amd64.deb >/dev/n
 dpkg-query -W -f '${Version}\n' bootc | grep -qx 0.1.0
 bootc --version
 bootc container lint --list | grep -q '^kernel '
-test -f /usr/share/man/man8/bootc-upgrade.8.gz
+# The base image excludes /usr/share/man from unpacking (dpkg path-exclude): ask dpkg.
+dpkg-deb -c /deb/bootc_0.1.0_amd64.deb | grep -q man8/bootc-upgrade.8.gz
 test -f /usr/share/bash-completion/completions/bootc
 test -x /usr/lib/bootc/bootc-initramfs-setup
 test -f /usr/lib/dracut/modules.d/50bootc/module-setup.sh
