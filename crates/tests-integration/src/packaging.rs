@@ -87,7 +87,8 @@ apt-get install -y -q --no-install-recommends /deb/bootc_0.1.0_amd64.deb >/dev/n
 dpkg-query -W -f '${Version}\n' bootc | grep -qx 0.1.0
 bootc --version
 bootc container lint --list | grep -q '^kernel '
-test -f /usr/share/man/man8/bootc-upgrade.8.gz
+# The base image excludes /usr/share/man from unpacking (dpkg path-exclude): ask dpkg.
+dpkg-deb -c /deb/bootc_0.1.0_amd64.deb | grep -q man8/bootc-upgrade.8.gz
 test -f /usr/share/bash-completion/completions/bootc
 test -x /usr/lib/bootc/bootc-initramfs-setup
 test -f /usr/lib/dracut/modules.d/50bootc/module-setup.sh
@@ -114,14 +115,23 @@ fn packaging_deb_install_upgrade_purge(ctx: &Ctx) -> Result<()> {
     package(ctx, out.path(), "0.1.0")?;
     package(ctx, out.path(), "0.1.1")?;
     let base = base_image()?;
+    // `podman run` cannot set rlimits here (crun); a chroot build step can.
+    std::fs::write(out.path().join("step.sh"), SCRIPT)?;
+    std::fs::write(
+        out.path().join("Containerfile"),
+        format!("FROM {base}\nCOPY . /deb/\nRUN bash /deb/step.sh\n"),
+    )?;
     let o = Command::new("podman")
-        .args(["run", "--rm", "--name"])
-        .arg(format!("packaging-deb-{}", std::process::id()))
-        .arg("-v")
-        .arg(format!("{}:/deb:ro", out.path().display()))
-        .args([&base, "bash", "-c", SCRIPT])
+        .args(["build", "--isolation=chroot", "--layers=false", "--rm", "-f"])
+        .arg(out.path().join("Containerfile"))
+        .arg(out.path())
         .output()
-        .context("Running podman run")?;
+        .context("Running podman build")?;
+    if o.status.success() {
+        if let Some(id) = String::from_utf8_lossy(&o.stdout).lines().last() {
+            let _ = Command::new("podman").args(["rmi", "-f", id.trim()]).output();
+        }
+    }
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&o.stdout),
