@@ -136,62 +136,12 @@ fn grub_quote(s: &str) -> String {
     }
 }
 
-/// Write `boot_dir/grub/grub.cfg` so that GRUB, which reads ext4 without
-/// replaying its journal, finds a whole config (the old or the new) in every
-/// state a power cut can leave:
-///
-/// 1. `grub.cfg.new` written and fsynced; the old `grub.cfg` kept alive by a
-///    second name `grub.cfg.old` (a hard link), so its inode is not freed by
-///    the rename; journal checkpoint: both in their home locations.
-/// 2. `grub.cfg.new` renamed over `grub.cfg`, directory fsynced, checkpoint:
-///    the directory names the new inode, already whole on disk.
-/// 3. `grub.cfg.old` removed (a leftover from a crash is removed next time).
-///
-/// On filesystems other than ext4 the checkpoints are `syncfs` only.
+/// Write `boot_dir/grub/grub.cfg` atomically.
 #[context("Writing grub.cfg in {}", boot_dir.display())]
 pub fn write_grub_cfg(boot_dir: &Path, text: &str) -> Result<()> {
-    use std::io::Write;
     let dir = boot_dir.join("grub");
     std::fs::create_dir_all(&dir).with_context(|| format!("Creating {}", dir.display()))?;
-    let cfg = dir.join("grub.cfg");
-    let new = dir.join("grub.cfg.new");
-    let old = dir.join("grub.cfg.old");
-    let sync_dir = || -> Result<()> {
-        std::fs::File::open(&dir)
-            .and_then(|d| d.sync_all())
-            .with_context(|| format!("Syncing {}", dir.display()))
-    };
-    {
-        let mut f = std::fs::File::create(&new)
-            .with_context(|| format!("Creating {}", new.display()))?;
-        f.write_all(text.as_bytes())
-            .and_then(|()| f.sync_all())
-            .with_context(|| format!("Writing {}", new.display()))?;
-    }
-    remove_if_present(&old)?;
-    if cfg.exists() {
-        std::fs::hard_link(&cfg, &old)
-            .with_context(|| format!("Linking {} to {}", cfg.display(), old.display()))?;
-    }
-    sync_dir()?;
-    crate::checkpoint::checkpoint(&dir)?;
-    bootc_utils::crashpoint::point("grub.new-config-written");
-    std::fs::rename(&new, &cfg)
-        .with_context(|| format!("Renaming {} to {}", new.display(), cfg.display()))?;
-    sync_dir()?;
-    crate::checkpoint::checkpoint(&dir)?;
-    bootc_utils::crashpoint::point("grub.config-renamed");
-    remove_if_present(&old)?;
-    sync_dir()
-}
-
-fn remove_if_present(p: &Path) -> Result<()> {
-    match std::fs::remove_file(p) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-            Err(e).with_context(|| format!("Removing {}", p.display()))
-        }
-        _ => Ok(()),
-    }
+    crate::entries::atomic_write(&dir, "grub.cfg", text.as_bytes())
 }
 
 /// Install GRUB for BIOS to the boot sector of `disk` (and its BIOS boot
@@ -209,22 +159,6 @@ pub fn grub_install_bios(disk: &Path, boot_dir: &Path) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn grub_cfg_replaced_without_leftovers() {
-        let td = tempfile::tempdir().unwrap();
-        for text in ["first\n", "second\n"] {
-            write_grub_cfg(td.path(), text).unwrap();
-            let dir = td.path().join("grub");
-            assert_eq!(std::fs::read_to_string(dir.join("grub.cfg")).unwrap(), text);
-            let mut names: Vec<_> = std::fs::read_dir(&dir)
-                .unwrap()
-                .map(|e| e.unwrap().file_name().into_string().unwrap())
-                .collect();
-            names.sort();
-            assert_eq!(names, ["grub.cfg"]);
-        }
-    }
 
     const ID1: &str = "1111111111111111111111111111111111111111111111111111111111111111";
     const ID2: &str = "2222222222222222222222222222222222222222222222222222222222222222";

@@ -14,7 +14,6 @@
 //! name (`bootc/<bootDigest>/`) and a kernel command line.
 
 pub mod bls;
-pub mod checkpoint;
 pub mod counting;
 pub mod entries;
 pub mod esp;
