@@ -160,6 +160,22 @@ pub fn grub_install_bios(disk: &Path, boot_dir: &Path) -> Result<()> {
 mod tests {
     use super::*;
 
+    #[test]
+    fn grub_cfg_replaced_without_leftovers() {
+        let td = tempfile::tempdir().unwrap();
+        for text in ["first\n", "second\n"] {
+            write_grub_cfg(td.path(), text).unwrap();
+            let dir = td.path().join("grub");
+            assert_eq!(std::fs::read_to_string(dir.join("grub.cfg")).unwrap(), text);
+            let mut names: Vec<_> = std::fs::read_dir(&dir)
+                .unwrap()
+                .map(|e| e.unwrap().file_name().into_string().unwrap())
+                .collect();
+            names.sort();
+            assert_eq!(names, ["grub.cfg"]);
+        }
+    }
+
     const ID1: &str = "1111111111111111111111111111111111111111111111111111111111111111";
     const ID2: &str = "2222222222222222222222222222222222222222222222222222222222222222";
 

@@ -238,33 +238,18 @@ fn offline_unattended_operation() {
     assert!(diff.len() < 20, "{diff:?}");
     bootc(&["internals", "diff-staged", "--sysroot", sysroot]);
     // The same image again: nothing new to fetch, still locked.
-    bootc(&[
-        "upgrade",
-        "--download-only",
-        "--quiet",
-        "--sysroot",
-        sysroot,
-    ]);
-    assert!(
+    let upgrade = |flag: &str| bootc(&["upgrade", flag, "--quiet", "--sysroot", sysroot]);
+    let locked = || {
         bootc_sysroot::lifecycle::read_staged(&mnt)
             .unwrap()
-            .unwrap()
-            .download_only
-    );
+            .map(|s| s.download_only)
+    };
+    upgrade("--download-only");
+    assert_eq!(locked(), Some(true));
 
     // --from-downloaded unlocks it; offline that finalizes at once.
-    bootc(&[
-        "upgrade",
-        "--from-downloaded",
-        "--quiet",
-        "--sysroot",
-        sysroot,
-    ]);
-    assert!(
-        bootc_sysroot::lifecycle::read_staged(&mnt)
-            .unwrap()
-            .is_none()
-    );
+    upgrade("--from-downloaded");
+    assert_eq!(locked(), None);
     let v2 = staged.id.clone();
     assert_eq!(order(&mnt), vec![v2.clone(), v1.clone()]);
     // v2's kargs.d added an argument: it comes before the sources'.

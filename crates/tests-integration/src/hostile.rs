@@ -140,23 +140,8 @@ struct Layouts {
 
 impl Layouts {
     fn build() -> Result<Self> {
-        let dir = tempfile::tempdir()?;
-        let out = run(Command::new("python3")
-            .arg(SCRIPT)
-            .arg("layouts")
-            .arg(dir.path()))?;
-        let built = String::from_utf8(out.stdout)?;
-        let built: Vec<&str> = built.lines().collect();
         let listed: Vec<&str> = CASES.iter().map(|(c, _)| *c).collect();
-        for case in &built {
-            ensure!(
-                listed.contains(case),
-                "case {case} of {SCRIPT} has no expectation in CASES"
-            );
-        }
-        for case in &listed {
-            ensure!(built.contains(case), "case {case} is not built by {SCRIPT}");
-        }
+        let dir = bootc_tests_integration::build_layouts(SCRIPT, &listed)?;
         Ok(Layouts { dir })
     }
 

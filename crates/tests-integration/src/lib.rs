@@ -19,6 +19,27 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
 
+/// Write the OCI layouts of a fixture generator (`python3 SCRIPT layouts
+/// DIR`, one directory per case, names printed one per line) into a new
+/// temporary directory, and check that it built exactly the cases `listed`.
+pub fn build_layouts(script: &str, listed: &[&str]) -> Result<tempfile::TempDir> {
+    let dir = tempfile::tempdir()?;
+    let out = run(Command::new("python3")
+        .arg(script)
+        .arg("layouts")
+        .arg(dir.path()))?;
+    let built = String::from_utf8(out.stdout)?;
+    let built: std::collections::BTreeSet<&str> = built.lines().collect();
+    let listed: std::collections::BTreeSet<&str> = listed.iter().copied().collect();
+    for case in built.difference(&listed) {
+        anyhow::bail!("case {case} of {script} has no expectation in CASES");
+    }
+    for case in listed.difference(&built) {
+        anyhow::bail!("case {case} is not built by {script}");
+    }
+    Ok(dir)
+}
+
 /// Run `cmd`, failing with its stderr when it exits non-zero.
 pub fn run(cmd: &mut Command) -> Result<Output> {
     let out = cmd.output().with_context(|| format!("Running {cmd:?}"))?;

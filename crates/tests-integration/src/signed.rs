@@ -181,7 +181,8 @@ pub(crate) fn pull(
         .output()?)
 }
 
-/// Refused with the policy's `reason` (skopeo's words), and nothing imported.
+/// Refused with the policy's `reason` (skopeo's words), and nothing imported;
+/// the message.
 pub(crate) fn refused(
     ctx: &Ctx,
     cfg: &SigConfig,
@@ -189,10 +190,10 @@ pub(crate) fn refused(
     imgref: &str,
     what: &str,
     reason: &str,
-) -> Result<()> {
+) -> Result<String> {
     let sysroot = tempfile::tempdir()?;
     let out = pull(ctx, cfg, sysroot.path(), policy, imgref)?;
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
     ensure!(!out.status.success(), "{what}: must be refused");
     ensure!(
         err.contains(&format!("refused by signature policy {}", policy.display()))
@@ -208,7 +209,7 @@ pub(crate) fn refused(
         ctx.bootc.list(sysroot.path())?.is_empty(),
         "{what}: nothing listed"
     );
-    Ok(())
+    Ok(err)
 }
 
 /// The message is for people: no Go values or logrus framing from skopeo.

@@ -21,7 +21,7 @@ use std::process::{Command, Stdio};
 use anyhow::{Context, Result, ensure};
 use bootc_tests_integration::run;
 
-use crate::signed::{SigConfig, Style, build_image, no_go_text, pull};
+use crate::signed::{SigConfig, Style, build_image, refused};
 use crate::{Ctx, TestFn};
 
 /// The tests of this module.
@@ -141,8 +141,8 @@ fn sigstore_policy(cfg: &SigConfig, ctx: &Ctx, key: &SigstoreKey) -> Result<Path
     )
 }
 
-/// Pulled under `policy`: refused with `reason` in the message, nothing
-/// imported.
+/// Pulled under `policy`: refused as [`refused`] checks, the message
+/// naming the sigstoreSigned requirement.
 fn refused_with(
     ctx: &Ctx,
     cfg: &SigConfig,
@@ -151,21 +151,11 @@ fn refused_with(
     what: &str,
     reason: &str,
 ) -> Result<String> {
-    let sysroot = tempfile::tempdir()?;
-    let out = pull(ctx, cfg, sysroot.path(), policy, imgref)?;
-    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    let err = refused(ctx, cfg, policy, imgref, what, reason)?;
     println!("{what}: {err}");
-    ensure!(!out.status.success(), "{what}: must be refused");
     ensure!(
-        err.contains(&format!("refused by signature policy {}", policy.display()))
-            && err.contains("requires a sigstore signature (sigstoreSigned)")
-            && err.contains(reason),
-        "{what}: reason ({reason}) shown: {err}"
-    );
-    no_go_text(what, &err)?;
-    ensure!(
-        bootc_tests_integration::count_objects(sysroot.path())? == 0,
-        "{what}: nothing imported"
+        err.contains("requires a sigstore signature (sigstoreSigned)"),
+        "{what}: the requirement named: {err}"
     );
     Ok(err)
 }
@@ -233,29 +223,13 @@ fn signed_sigstore_attachments_refused_by_debian_skopeo(ctx: &Ctx) -> Result<()>
     let policy = sigstore_policy(&cfg, ctx, &key)?;
     // FIXME: a correct signature by the trusted key; must be accepted once
     // skopeo can verify sigstore signatures.
-    refused_with(
-        ctx,
-        &cfg,
-        &policy,
-        &r("signed-helper-sigstore:v1"),
-        "correctly signed, but Debian's skopeo cannot verify",
-        "this system's skopeo cannot verify sigstore signatures",
-    )?;
-    refused_with(
-        ctx,
-        &cfg,
-        &policy,
-        &r("signed-helper-sigstore-other:v1"),
-        "signed by another key",
-        "this system's skopeo cannot verify sigstore signatures",
-    )?;
-    refused_with(
-        ctx,
-        &cfg,
-        &policy,
-        &r("signed-helper-sigstore-unsigned:v1"),
-        "unsigned",
-        "the image has no signature",
-    )?;
+    let cannot = "this system's skopeo cannot verify sigstore signatures";
+    for (repo, what, reason) in [
+        ("signed-helper-sigstore:v1", "correctly signed, but Debian's skopeo cannot verify", cannot),
+        ("signed-helper-sigstore-other:v1", "signed by another key", cannot),
+        ("signed-helper-sigstore-unsigned:v1", "unsigned", "the image has no signature"),
+    ] {
+        refused_with(ctx, &cfg, &policy, &r(repo), what, reason)?;
+    }
     Ok(())
 }
