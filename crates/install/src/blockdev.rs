@@ -170,29 +170,9 @@ pub fn parse_mountinfo(text: &str) -> Vec<(String, String)> {
             let majmin = f.next()?;
             let _root = f.next()?;
             let mnt = f.next()?;
-            Some((majmin.to_owned(), unescape_mountinfo(mnt)))
+            Some((majmin.to_owned(), bootc_utils::mountinfo::unescape(mnt)))
         })
         .collect()
-}
-
-fn unescape_mountinfo(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\'
-            && i + 3 < b.len()
-            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
-        {
-            let v = (b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0');
-            out.push(v);
-            i += 4;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// What is on a disk, for deciding whether it may be overwritten.
@@ -246,7 +226,7 @@ pub fn parse_swaps(text: &str) -> Vec<String> {
     text.lines()
         .skip(1)
         .filter_map(|l| l.split_whitespace().next())
-        .map(unescape_mountinfo)
+        .map(bootc_utils::mountinfo::unescape)
         .collect()
 }
 

@@ -246,7 +246,7 @@ pub fn ssh_keys_tmpfiles(keys: &str) -> String {
         "# Written by bootc install --root-ssh-authorized-keys\n\
          d /root/.ssh 0700 root root -\n\
          f~ /root/.ssh/authorized_keys 0600 root root - {}\n",
-        crate::base64::encode(keys.as_bytes())
+        bootc_utils::base64::encode(keys.as_bytes())
     )
 }
 

@@ -28,7 +28,6 @@
 //! 7. Deployment, /var, boot files, entries and bootloaders ([`deploy::deploy`]).
 //! 8. fstrim, read-only remount, unmount, detach.
 
-pub mod base64;
 pub mod blockdev;
 pub mod config;
 pub mod deploy;

@@ -172,23 +172,6 @@ pub fn is_mounted(path: &Path) -> Result<bool> {
     Ok(info
         .lines()
         .filter_map(|l| l.split(' ').nth(4))
-        .any(|m| Path::new(&unescape(m)) == want))
+        .any(|m| Path::new(&bootc_utils::mountinfo::unescape(m)) == want))
 }
 
-/// mountinfo escapes space, tab, newline and backslash as `\ooo`.
-fn unescape(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(u8::is_ascii_digit) {
-            let v = (b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0');
-            out.push(v);
-            i += 4;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}

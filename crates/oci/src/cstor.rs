@@ -153,7 +153,7 @@ fn find_image(image: &str) -> Result<Option<Found>> {
         // containers-storage keeps the config as image metadata named by
         // the base64 of "sha256:<image id>".
         let config_raw = img
-            .read_metadata(&base64(format!("sha256:{}", img.id()).as_bytes()))
+            .read_metadata(&bootc_utils::base64::encode(format!("sha256:{}", img.id()).as_bytes()))
             .with_context(|| format!("Reading the config of {image} in {}", root.display()))?;
         let found_config = format!("sha256:{}", hex::encode(Sha256::digest(&config_raw)));
         ensure!(
@@ -273,28 +273,6 @@ fn import_layers(
         committed: false,
     };
     Ok((Some(fetched), imported))
-}
-
-/// The standard base64 encoding of `data` (with padding).
-fn base64(data: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
-    for chunk in data.chunks(3) {
-        let b = [
-            chunk[0],
-            *chunk.get(1).unwrap_or(&0),
-            *chunk.get(2).unwrap_or(&0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(ALPHABET[(n >> (18 - 6 * i)) as usize & 63] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
 }
 
 /// How often [`with_writeback`] starts writing back what was written.

@@ -326,7 +326,7 @@ pub fn legacy_mounts(mountinfo: &str, tmp: &Path) -> Vec<PathBuf> {
     let mut out: Vec<PathBuf> = mountinfo
         .lines()
         .filter_map(|l| l.split(' ').nth(4))
-        .map(|p| PathBuf::from(unescape_mountinfo(p)))
+        .map(|p| PathBuf::from(bootc_utils::mountinfo::unescape(p)))
         .filter(|p| {
             p.parent() == Some(tmp)
                 && p.file_name()
@@ -336,23 +336,6 @@ pub fn legacy_mounts(mountinfo: &str, tmp: &Path) -> Vec<PathBuf> {
         .collect();
     out.dedup();
     out
-}
-
-/// Undo mountinfo's octal escapes (`\040` for a space).
-fn unescape_mountinfo(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
-            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
-            i += 4;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Unmount (lazily) and remove the image mount points older versions left

@@ -3,10 +3,14 @@
 //! - [`run_main`]: process set-up and the single place where an error is printed.
 //! - [`split_cmdline`]: kernel command lines (and BLS `options`) into arguments.
 //! - [`crashpoint`]: named crash points of durable steps, for the reliability tests.
+//! - [`base64`]: standard base64 encoding.
+//! - [`mountinfo`]: `/proc/self/mountinfo` field unescaping.
 
 use std::io::Write;
 
+pub mod base64;
 pub mod crashpoint;
+pub mod mountinfo;
 
 /// Exit code for a command that failed with an error.
 pub const EXIT_FAILURE: i32 = 1;

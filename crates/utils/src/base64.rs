@@ -1,4 +1,5 @@
-//! Standard base64 (RFC 4648, with padding), for tmpfiles.d `~` arguments.
+//! Standard base64 (RFC 4648, with padding): tmpfiles.d `~` arguments,
+//! containers-storage metadata keys.
 
 const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
 
