@@ -122,12 +122,7 @@ fn check_nonempty_boot(root: &Dir) -> Result<Vec<Finding>> {
     let Some(d) = root.open_dir_optional("boot")? else {
         return Ok(out);
     };
-    let mut names: Vec<_> = d
-        .entries()?
-        .map(|e| e.map(|e| e.file_name()))
-        .collect::<Result<_, _>>()?;
-    names.sort();
-    for n in names {
+    for n in crate::walk::sorted_names(&d)? {
         out.push(Finding::new(
             display(&Path::new("boot").join(n)),
             "content in /boot is ignored: the image's kernel and initramfs are read from /usr/lib/modules/<kver>/",

@@ -229,12 +229,7 @@ fn check_run_content(root: &Dir) -> Result<Vec<Finding>> {
     let Some(d) = root.open_dir_optional("run")? else {
         return Ok(out);
     };
-    let mut names: Vec<_> = d
-        .entries()?
-        .map(|e| e.map(|e| e.file_name()))
-        .collect::<Result<_, _>>()?;
-    names.sort();
-    for n in names {
+    for n in crate::walk::sorted_names(&d)? {
         // Injected by podman/buildah into every RUN step, not image content.
         if n == ".containerenv" {
             continue;

@@ -73,3 +73,13 @@ pub(crate) fn display(path: &Path) -> String {
     };
     format!("/{}", s.trim_start_matches('/'))
 }
+
+/// The names in directory `d`, sorted (findings come out in a stable order).
+pub(crate) fn sorted_names(d: &Dir) -> Result<Vec<std::ffi::OsString>> {
+    let mut names: Vec<_> = d
+        .entries()?
+        .map(|e| e.map(|e| e.file_name()))
+        .collect::<Result<_, _>>()?;
+    names.sort();
+    Ok(names)
+}
